@@ -1,0 +1,2 @@
+//! The `unionfs` command line (being written).
+fn main() {}

@@ -1,0 +1,9 @@
+//! The few raw system calls that have no safe wrapper in `nix` or `std`.
+//!
+//! Every `unsafe` block of the crate lives below this module, each with a `// SAFETY:` note, so
+//! that reviewing memory safety means reading these files only. The wrappers take paths as
+//! `&Path` and return `nix::Result`, keeping errno intact for the FUSE layer to pass on.
+#![allow(unsafe_code)]
+
+pub mod process;
+pub mod xattr;

@@ -1,0 +1,1 @@
+//! Process-level calls used to detach the daemon (fork, setsid, redirecting standard streams).

@@ -1,0 +1,199 @@
+//! Shared helpers for the integration tests: skipping (or failing, under `UNIONFS_STRICT=1`)
+//! where the machine cannot mount, building layer stacks in a temporary directory, and mounting
+//! them with unionfs or with kernel overlayfs as the reference.
+#![allow(dead_code)]
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Whether this machine can run mounting tests. Without root or `/dev/fuse` it prints
+/// `skipping: <reason>` and returns false, unless `UNIONFS_STRICT=1`, where it panics: CI has
+/// both, so a skip there would hide a failure.
+pub fn can_mount(test: &str) -> bool {
+    let reason = if !nix_is_root() {
+        Some("not running as root")
+    } else if !Path::new("/dev/fuse").exists() {
+        Some("/dev/fuse is missing")
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(r) if std::env::var_os("UNIONFS_STRICT").is_some_and(|v| v == "1") => {
+            panic!("{test}: cannot mount ({r}) and UNIONFS_STRICT=1")
+        }
+        Some(r) => {
+            eprintln!("skipping {test}: {r}");
+            false
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY-free: geteuid via the libc std exposes through /proc is overkill; read it here.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The unionfs binary under test.
+pub fn unionfs_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_unionfs"))
+}
+
+/// A stack of layer directories in a fresh temporary directory:
+/// `lower0` (top-most) .. `lowerN`, `upper`, `work`, `mnt`.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub mnt: PathBuf,
+}
+
+impl Stack {
+    pub fn new(n_lowers: usize) -> Stack {
+        let dir = tempfile::Builder::new()
+            .prefix("unionfs-test-")
+            .tempdir()
+            .expect("temporary directory");
+        let lowers: Vec<PathBuf> = (0..n_lowers)
+            .map(|i| dir.path().join(format!("lower{i}")))
+            .collect();
+        let upper = dir.path().join("upper");
+        let work = dir.path().join("work");
+        let mnt = dir.path().join("mnt");
+        for d in lowers.iter().chain([&upper, &work, &mnt]) {
+            std::fs::create_dir_all(d).expect("create layer directory");
+        }
+        Stack {
+            dir,
+            lowers,
+            upper,
+            work,
+            mnt,
+        }
+    }
+
+    /// `A:B:C` for the lowers, top-most first.
+    pub fn lowerdir(&self) -> OsString {
+        let mut s = OsString::new();
+        for (i, l) in self.lowers.iter().enumerate() {
+            if i > 0 {
+                s.push(":");
+            }
+            s.push(l);
+        }
+        s
+    }
+
+    /// Mounts the stack with unionfs (detached, as a user would) on `self.mnt`.
+    pub fn mount_unionfs(&self) -> MountGuard {
+        let out = Command::new(unionfs_bin())
+            .arg("mount")
+            .arg("--lower")
+            .arg(self.lowerdir())
+            .arg("--upper")
+            .arg(&self.upper)
+            .arg("--work")
+            .arg(&self.work)
+            .arg(&self.mnt)
+            .output()
+            .expect("run unionfs mount");
+        assert!(
+            out.status.success(),
+            "unionfs mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        MountGuard {
+            mnt: self.mnt.clone(),
+        }
+    }
+
+    /// Mounts the stack read-only (no upper) with unionfs.
+    pub fn mount_unionfs_ro(&self) -> MountGuard {
+        let out = Command::new(unionfs_bin())
+            .arg("mount")
+            .arg("--lower")
+            .arg(self.lowerdir())
+            .arg(&self.mnt)
+            .output()
+            .expect("run unionfs mount");
+        assert!(
+            out.status.success(),
+            "unionfs mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        MountGuard {
+            mnt: self.mnt.clone(),
+        }
+    }
+
+    /// Mounts the stack with kernel overlayfs, `redirect_dir=on,index=on`: the reference.
+    pub fn mount_overlay(&self) -> MountGuard {
+        let mut opts = OsString::from("lowerdir=");
+        opts.push(self.lowerdir());
+        opts.push(",upperdir=");
+        opts.push(&self.upper);
+        opts.push(",workdir=");
+        opts.push(&self.work);
+        opts.push(",redirect_dir=on,index=on");
+        let out = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(&opts)
+            .arg(&self.mnt)
+            .output()
+            .expect("run mount -t overlay");
+        assert!(
+            out.status.success(),
+            "overlay mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        MountGuard {
+            mnt: self.mnt.clone(),
+        }
+    }
+}
+
+/// Unmounts on drop (so a failing test leaves nothing mounted).
+pub struct MountGuard {
+    pub mnt: PathBuf,
+}
+
+impl MountGuard {
+    /// Unmounts now and waits until the mountpoint is free.
+    pub fn unmount(self) {
+        drop(self)
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        // `umount` works for both unionfs (the daemon exits by itself) and overlayfs.
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        for _ in 0..200 {
+            if !is_mountpoint(&self.mnt) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
+
+/// Whether `path` is currently a mountpoint (per /proc/self/mountinfo).
+pub fn is_mountpoint(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| m == want)
+}
