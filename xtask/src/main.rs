@@ -1,1 +1,54 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's developer commands, written in Rust so that they run the
+//! same on every machine that has a Rust toolchain (the alias lives in `.cargo/config.toml`).
+//!
+//! Each task is one module; this file only parses the task name and reports the outcome. The
+//! crate uses the standard library alone, so that running a task never waits on a download of
+//! its own dependencies, and it never changes anything outside the workspace's `target/` except
+//! installing the Debian packages the tests need (see [`host`]).
+
+mod demo;
+mod host;
+mod test;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use host::Error;
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [args...]
+
+tasks:
+  demo          build unionfs, mount a generated example stack under target/demo/ and show
+                what the merged view, a copy-up and a delete look like (needs root, /dev/fuse)
+  test [args]   install what the tests need, then run `cargo test --workspace [args]` with
+                UNIONFS_STRICT=1 so that tests which cannot mount fail instead of skipping
+  help          print this message";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    let task = args.next();
+    let rest: Vec<OsString> = args.collect();
+    let outcome = match task.as_ref().and_then(|t| t.to_str()) {
+        Some("test") => test::run(&rest),
+        Some("demo") if rest.is_empty() => demo::run(),
+        Some("demo") => Err(Error::Usage("demo takes no arguments".into())),
+        Some("help" | "-h" | "--help") => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(other) => Err(Error::Usage(format!("unknown task `{other}`"))),
+        None => Err(Error::Usage("no task given".into())),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(err @ Error::Usage(_)) => {
+            eprintln!("error: {err}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
