@@ -42,24 +42,16 @@ fn describe(rel: &Path, meta: &fs::Metadata, path: &Path) -> String {
     let ft = meta.file_type();
     let size = if ft.is_char_device() || ft.is_block_device() {
         let (major, minor) = dev_numbers(meta.rdev());
-        let note = if ft.is_char_device() && meta.rdev() == 0 {
-            "  (overlay whiteout)"
-        } else {
-            ""
-        };
-        return format!(
-            "{} {:>6} {}{note}",
-            mode_string(meta),
-            format!("{major}/{minor}"),
-            rel.display()
-        );
+        format!("{major}/{minor}")
     } else if ft.is_dir() {
         "-".to_string()
     } else {
         meta.len().to_string()
     };
     let mut line = format!("{} {size:>6} {}", mode_string(meta), rel.display());
-    if ft.is_symlink() {
+    if ft.is_char_device() && meta.rdev() == 0 {
+        line.push_str("  (overlay whiteout)");
+    } else if ft.is_symlink() {
         if let Ok(target) = fs::read_link(path) {
             line.push_str(&format!(" -> {}", target.display()));
         }
@@ -161,6 +153,35 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/x\134y"), r"/x\y");
         assert_eq!(unescape_mountinfo(r"/plain\x"), r"/plain\x");
         assert_eq!(unescape_mountinfo(r"/big\777"), r"/big\777");
+    }
+
+    #[test]
+    fn describe_prints_mode_size_and_path() {
+        let dir = std::env::temp_dir().join(format!("xtask-show-{}", std::process::id()));
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        fs::write(dir.join("sub/file"), "12345").unwrap();
+        std::os::unix::fs::symlink("file", dir.join("sub/link")).unwrap();
+        let line = |rel: &str| {
+            let p = dir.join(rel);
+            describe(Path::new(rel), &fs::symlink_metadata(&p).unwrap(), &p)
+        };
+        assert!(line("sub").starts_with('d'), "{}", line("sub"));
+        assert!(
+            line("sub/file").ends_with("     5 sub/file"),
+            "{}",
+            line("sub/file")
+        );
+        assert!(
+            line("sub/link").starts_with("lrwxrwxrwx"),
+            "{}",
+            line("sub/link")
+        );
+        assert!(
+            line("sub/link").ends_with("sub/link -> file"),
+            "{}",
+            line("sub/link")
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
