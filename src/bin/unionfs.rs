@@ -1,2 +1,420 @@
-//! The `unionfs` command line (being written).
-fn main() {}
+//! The `unionfs` command line: argument parsing (clap derive) and wiring, nothing worth testing
+//! on its own.
+//!
+//! `unionfs mount` turns its flags and `-o` options into a [`MountConfig`], validates it before
+//! anything is mounted, and then either serves in the foreground (`-f`) or detaches: it forks,
+//! the child starts a new session and forks again, and that grandchild (the daemon) releases the
+//! caller's terminal and pipes, mounts, and reports readiness or the error text through a pipe.
+//! The caller therefore exits 0 only once the mount is live, and otherwise prints the reason and
+//! exits non-zero with nothing mounted. `fs::mount` starts no thread, which is what makes forking
+//! before it (and blocking signals for the sigwait thread) sound.
+//!
+//! Invoked without a subcommand (`unionfs -o lowerdir=A TARGET`, as mount(8) calls helpers) or
+//! under the name `fuse-overlayfs`, it behaves as `unionfs mount`.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{IsTerminal, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::MntFlags;
+use nix::sys::signal::{SigSet, Signal};
+use unionfs::config::{self, MountConfig, MountOptions};
+use unionfs::fs::{Mounted, Unmounter};
+use unionfs::sys::process::{self, Fork};
+
+const EXAMPLES: &str = "\
+Examples:
+  Two read-only layers (top-most first) and a writable upper; returns once mounted:
+    unionfs mount --lower /srv/app:/srv/base --upper /srv/rw/upper --work /srv/rw/work /mnt/merged
+  The same in the mount(8) / fuse-overlayfs form:
+    unionfs mount -o lowerdir=/srv/app:/srv/base,upperdir=/srv/rw/upper,workdir=/srv/rw/work /mnt/merged
+  A read-only union served in the foreground, with debug logs on stderr:
+    RUST_LOG=debug unionfs mount -f --lower /srv/app:/srv/base /mnt/merged
+  Unmount (the daemon then exits by itself; SIGTERM to the daemon does the same):
+    unionfs umount /mnt/merged
+
+Without a subcommand (`unionfs -o OPTIONS TARGET`, as mount(8) runs helpers) or when run under
+the name fuse-overlayfs, unionfs acts as `unionfs mount`.
+
+Logging: RUST_LOG sets the filter (default: warn). A detached daemon logs to --log-file, by
+default /run/unionfs/<mountpoint-escaped>.log as root, else $XDG_RUNTIME_DIR/unionfs/ or
+/tmp/unionfs-<uid>/ (escaped like systemd-escape --path, e.g. mnt-merged.log).";
+
+const MOUNT_OPTIONS_HELP: &str = "\
+Mount options (comma-separated; -o may be repeated; later ones win):
+  lowerdir=A:B:C     lower layers, top-most first (\\: and \\, escape literal : and ,)
+  lowerdir+=A        append one lower layer
+  upperdir=U         writable layer (needs workdir)
+  workdir=W          empty directory on the upper's filesystem
+  volatile           skip fsync, like overlayfs's volatile
+  ro                 read-only: the upper layer is not used
+  rw, default_permissions, allow_other, suid, dev, exec and their no- forms are accepted.
+  uidmapping, gidmapping, squash_to_uid, squash_to_gid, xattr_permissions and context are
+  refused (not supported yet).";
+
+/// A userspace union filesystem (FUSE) with kernel-overlayfs semantics.
+#[derive(Debug, Parser)]
+#[command(
+    name = "unionfs",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true,
+    after_help = EXAMPLES
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mount a union of directories (returns once the mount is live, unless -f)
+    #[command(
+        allow_missing_positional = true,
+        after_help = format!("{MOUNT_OPTIONS_HELP}\n\n{EXAMPLES}")
+    )]
+    Mount(MountArgs),
+    /// Unmount a union (the daemon exits by itself)
+    #[command(visible_alias = "unmount")]
+    Umount(UmountArgs),
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    Man,
+}
+
+#[derive(Debug, Args)]
+struct MountArgs {
+    /// Lower layers, top-most first, separated by ':' (as overlayfs's lowerdir)
+    #[arg(long, value_name = "DIR[:DIR...]")]
+    lower: Option<OsString>,
+    /// Writable layer; without it the mount is read-only (needs --work)
+    #[arg(long, value_name = "DIR", requires = "work")]
+    upper: Option<PathBuf>,
+    /// Empty directory on the upper's filesystem, used to stage copy-ups (needs --upper)
+    #[arg(long, value_name = "DIR", requires = "upper")]
+    work: Option<PathBuf>,
+    /// Mount options, mount(8) style (see below)
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<OsString>,
+    /// Stay in the foreground, logging to stderr
+    #[arg(short, long)]
+    foreground: bool,
+    /// Log file [default: /run/unionfs/<mountpoint-escaped>.log as root, else under
+    /// $XDG_RUNTIME_DIR/unionfs/ or /tmp/unionfs-<uid>/; stderr with -f]
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+    /// Device name given by mount(8), e.g. "overlay" (ignored)
+    #[arg(value_name = "SOURCE")]
+    source: Option<OsString>,
+    /// Where to mount the union
+    #[arg(value_name = "MOUNTPOINT")]
+    mountpoint: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct UmountArgs {
+    /// If the mount is busy, detach it now (MNT_DETACH) and let it go once no longer used
+    #[arg(short, long)]
+    lazy: bool,
+    /// The mountpoint to unmount
+    mountpoint: PathBuf,
+}
+
+/// Signals that unmount the filesystem cleanly.
+const TERMINATING: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(normalize_args(std::env::args_os().collect()));
+    let result = match cli.command {
+        Command::Mount(args) => mount(args),
+        Command::Umount(args) => umount(&args),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "unionfs", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => man(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("unionfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Inserts `mount` when called as `fuse-overlayfs` or with mount options instead of a
+/// subcommand, so that both mount-helper forms reach [`MountArgs`].
+fn normalize_args(mut args: Vec<OsString>) -> Vec<OsString> {
+    const OWN: &[&str] = &[
+        "mount",
+        "umount",
+        "unmount",
+        "completions",
+        "man",
+        "help",
+        "-h",
+        "--help",
+        "-V",
+        "--version",
+    ];
+    let as_helper = args
+        .first()
+        .and_then(|a0| Path::new(a0).file_name())
+        .is_some_and(|n| n == "fuse-overlayfs");
+    let first = args.get(1).map(OsString::as_os_str);
+    let insert = match first {
+        None => false,
+        Some(a) if as_helper => a != "--version" && a != "-V",
+        Some(a) => !OWN.iter().any(|o| a == OsStr::new(o)),
+    };
+    if insert {
+        args.insert(1, OsString::from("mount"));
+    }
+    args
+}
+
+fn mount(args: MountArgs) -> Result<()> {
+    let mut opts = MountOptions::default();
+    for o in &args.options {
+        opts.apply(o).context("invalid mount options")?;
+    }
+    opts.merge_flags(
+        args.lower.as_deref(),
+        args.upper.as_deref(),
+        args.work.as_deref(),
+    )
+    .context("invalid mount options")?;
+    let cfg = opts.into_config().context("invalid mount options")?;
+    cfg.validate(&args.mountpoint)
+        .with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
+    let (cfg, mnt) = cfg.canonicalize(&args.mountpoint)?;
+    if args.foreground {
+        let log = match &args.log_file {
+            Some(p) => Some(open_log(p)?),
+            None => None,
+        };
+        init_logging(log, std::io::stderr().is_terminal());
+        let signals = process::block_signals(&TERMINATING)?;
+        let mounted = mount_fs(&cfg, &mnt)?;
+        return serve(mounted, signals);
+    }
+    let log_path = match args.log_file {
+        Some(p) => p,
+        None => default_log_path(&mnt)?,
+    };
+    let log = open_log(&log_path)?;
+    init_logging(None, false);
+    detach(&cfg, &mnt, &log, &log_path)
+}
+
+fn mount_fs(cfg: &MountConfig, mnt: &Path) -> Result<Mounted> {
+    unionfs::fs::mount(cfg, mnt).with_context(|| format!("cannot mount on {}", mnt.display()))
+}
+
+/// Serves until unmounted; a dedicated thread turns termination signals into an unmount.
+fn serve(mut mounted: Mounted, signals: SigSet) -> Result<()> {
+    let unmounter = mounted.unmounter();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || watch_signals(signals, unmounter))
+        .context("cannot start the signal thread")?;
+    tracing::info!("mounted");
+    mounted.run().context("serving the filesystem failed")?;
+    tracing::info!("unmounted");
+    Ok(())
+}
+
+fn watch_signals(signals: SigSet, mut unmounter: Unmounter) {
+    loop {
+        let sig = match signals.wait() {
+            Ok(sig) => sig,
+            Err(err) => {
+                tracing::error!(?err, "sigwait failed; signals no longer unmount");
+                return;
+            }
+        };
+        tracing::info!(?sig, "unmounting on signal");
+        match unmounter.unmount() {
+            Ok(()) => return,
+            // A busy mount stays served; a later signal tries again.
+            Err(err) => tracing::warn!(?sig, %err, "cannot unmount"),
+        }
+    }
+}
+
+/// Double-forks the daemon and waits for its report: `+` once mounted, `-` and the error text
+/// otherwise, nothing if it died first.
+fn detach(cfg: &MountConfig, mnt: &Path, log: &File, log_path: &Path) -> Result<()> {
+    let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+    match process::fork().context("cannot start the daemon")? {
+        Fork::Parent(child) => {
+            drop(wr);
+            // The intermediate process exits at once; reap it.
+            let _ = nix::sys::wait::waitpid(child, None);
+            let mut report = Vec::new();
+            File::from(rd)
+                .read_to_end(&mut report)
+                .context("cannot read the daemon's report")?;
+            match report.split_first() {
+                Some((b'+', _)) => Ok(()),
+                Some((_, msg)) => bail!("{}", String::from_utf8_lossy(msg)),
+                None => bail!(
+                    "the daemon exited before the mount was ready (see {})",
+                    log_path.display()
+                ),
+            }
+        }
+        Fork::Child => {
+            drop(rd);
+            let mut ready = File::from(wr);
+            let step = process::setsid().and_then(|()| process::fork());
+            match step {
+                Ok(Fork::Parent(_)) => process::exit_now(0),
+                Ok(Fork::Child) => {}
+                Err(e) => {
+                    let _ = write!(ready, "-cannot start the daemon: {e}");
+                    process::exit_now(1);
+                }
+            }
+            let code = daemon(cfg, mnt, log, ready);
+            std::process::exit(code)
+        }
+    }
+}
+
+/// The detached daemon: releases the caller's streams, mounts, reports, serves.
+fn daemon(cfg: &MountConfig, mnt: &Path, log: &File, mut ready: File) -> i32 {
+    let mounted = process::detach_stdio(log)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(process::block_signals(&TERMINATING)?))
+        .and_then(|signals| Ok((mount_fs(cfg, mnt)?, signals)));
+    let (mounted, signals) = match mounted {
+        Ok(m) => m,
+        Err(err) => {
+            tracing::error!(mountpoint = %mnt.display(), "{err:#}");
+            let _ = write!(ready, "-{err:#}");
+            return 1;
+        }
+    };
+    tracing::info!(mountpoint = %mnt.display(), pid = std::process::id(), "daemon ready");
+    let _ = ready.write_all(b"+");
+    drop(ready);
+    match serve(mounted, signals) {
+        Ok(()) => 0,
+        Err(err) => {
+            tracing::error!(mountpoint = %mnt.display(), "{err:#}");
+            1
+        }
+    }
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` (default `warn`) to `file` or to stderr (which
+/// a detached daemon points at its log file).
+fn init_logging(file: Option<File>, ansi: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(f) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .init(),
+        None => builder.with_ansi(ansi).with_writer(std::io::stderr).init(),
+    }
+}
+
+fn default_log_path(mnt: &Path) -> Result<PathBuf> {
+    let uid = nix::unistd::geteuid();
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR");
+    let dir = config::default_log_dir(uid.is_root(), xdg.as_deref(), uid.as_raw());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create the log directory {}", dir.display()))?;
+    // The /tmp fallback is shared: refuse a directory someone else planted there.
+    let meta = std::fs::symlink_metadata(&dir)
+        .with_context(|| format!("cannot inspect the log directory {}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != uid.as_raw() {
+        bail!(
+            "log directory {} is not a directory owned by uid {uid}; use --log-file",
+            dir.display()
+        );
+    }
+    Ok(dir.join(config::log_file_name(mnt)))
+}
+
+fn open_log(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open the log file {}", path.display()))
+}
+
+fn umount(args: &UmountArgs) -> Result<()> {
+    // A mount whose daemon died answers ENOTCONN to stat, so resolve it without following it.
+    let path = match std::fs::canonicalize(&args.mountpoint) {
+        Ok(p) => p,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            std::path::absolute(&args.mountpoint)?
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot resolve {}", args.mountpoint.display()))
+        }
+    };
+    let table = std::fs::read("/proc/self/mountinfo").context("cannot read the mount table")?;
+    if config::find_mount(&table, &path).is_none() {
+        bail!("{} is not a mountpoint", path.display());
+    }
+    match nix::mount::umount2(&path, MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(Errno::EBUSY) if args.lazy => nix::mount::umount2(&path, MntFlags::MNT_DETACH)
+            .with_context(|| format!("cannot detach {}", path.display())),
+        Err(Errno::EBUSY) => bail!(
+            "{} is busy (files are open there; --lazy detaches it anyway)",
+            path.display()
+        ),
+        Err(Errno::EPERM) if !nix::unistd::geteuid().is_root() => fusermount_u(&path, args.lazy),
+        Err(e) => Err(e).with_context(|| format!("cannot unmount {}", path.display())),
+    }
+}
+
+/// Unprivileged users unmount their FUSE mounts through the setuid fusermount3.
+fn fusermount_u(path: &Path, lazy: bool) -> Result<()> {
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let status = cmd
+        .arg(path)
+        .status()
+        .context("cannot run fusermount3 -u")?;
+    if !status.success() {
+        bail!("fusermount3 -u {} failed ({status})", path.display());
+    }
+    Ok(())
+}
+
+fn man() -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut out)
+        .context("cannot write the man page")?;
+    out.flush().context("cannot write the man page")
+}

@@ -1,1 +1,133 @@
 //! Process-level calls used to detach the daemon (fork, setsid, redirecting standard streams).
+//!
+//! Detaching follows the classic daemon(7) "SysV" sequence: fork, `setsid` in the child, fork
+//! again so the daemon is not a session leader and can never reacquire a controlling terminal,
+//! `chdir("/")` so it pins no directory of the caller, and standard streams released so that no
+//! daemon holds the caller's terminal or pipes. fork(2) is only sound in a single-threaded
+//! process, so [`fork`] refuses to run when any other thread exists instead of trusting callers.
+//! Signal masks are set here too: termination signals are blocked before any thread starts, so
+//! that one thread can take them with sigwait(3) and every later thread inherits the mask.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::{ForkResult, Pid};
+
+/// Why a process-level step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot count the threads of this process")]
+    CountThreads(#[source] io::Error),
+    #[error("refusing to fork: {0} threads are running")]
+    Threaded(usize),
+    #[error("fork failed")]
+    Fork(#[source] Errno),
+    #[error("setsid failed")]
+    Setsid(#[source] Errno),
+    #[error("cannot change directory to /")]
+    Chdir(#[source] Errno),
+    #[error("cannot open /dev/null")]
+    DevNull(#[source] io::Error),
+    #[error("cannot redirect the standard streams")]
+    Redirect(#[source] Errno),
+    #[error("cannot block signals")]
+    Sigmask(#[source] Errno),
+}
+
+/// Which side of a [`fork`] we are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fork {
+    /// The original process; the child has this pid.
+    Parent(Pid),
+    /// The new process.
+    Child,
+}
+
+/// The number of threads of this process (entries of `/proc/self/task`).
+pub fn thread_count() -> io::Result<usize> {
+    std::fs::read_dir("/proc/self/task")?.try_fold(0, |n, e| e.map(|_| n + 1))
+}
+
+/// Forks, provided this process has a single thread.
+pub fn fork() -> Result<Fork, Error> {
+    let threads = thread_count().map_err(Error::CountThreads)?;
+    if threads != 1 {
+        return Err(Error::Threaded(threads));
+    }
+    // SAFETY: the process has exactly one thread (checked just above, and this thread cannot
+    // start another in between), so no lock or allocator state can be held by a thread that
+    // would vanish in the child; the child may run arbitrary code, as after any fork of a
+    // single-threaded program.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Parent { child }) => Ok(Fork::Parent(child)),
+        Ok(ForkResult::Child) => Ok(Fork::Child),
+        Err(e) => Err(Error::Fork(e)),
+    }
+}
+
+/// Starts a new session with this process as its leader, leaving the caller's terminal.
+pub fn setsid() -> Result<(), Error> {
+    nix::unistd::setsid().map(drop).map_err(Error::Setsid)
+}
+
+/// Ends this process at once, without running exit handlers or flushing stdio buffers: for the
+/// intermediate process of a double fork, whose buffers are copies of its parent's.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit(2) only ends the process; it touches no memory of ours.
+    unsafe { libc::_exit(code) }
+}
+
+/// Releases the caller's terminal and pipes: changes directory to `/`, points stdin at
+/// `/dev/null` and stdout and stderr at `log`.
+pub fn detach_stdio(log: &File) -> Result<(), Error> {
+    nix::unistd::chdir("/").map_err(Error::Chdir)?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(Error::DevNull)?;
+    nix::unistd::dup2_stdin(null.as_fd()).map_err(Error::Redirect)?;
+    nix::unistd::dup2_stdout(log.as_fd()).map_err(Error::Redirect)?;
+    nix::unistd::dup2_stderr(log.as_fd()).map_err(Error::Redirect)?;
+    Ok(())
+}
+
+/// Blocks `signals` in the calling thread (and so in every thread it starts afterwards) and
+/// returns them as a set for [`SigSet::wait`].
+pub fn block_signals(signals: &[Signal]) -> Result<SigSet, Error> {
+    let mut set = SigSet::empty();
+    for &s in signals {
+        set.add(s);
+    }
+    set.thread_block().map_err(Error::Sigmask)?;
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_threads() {
+        let before = thread_count().unwrap();
+        assert!(before >= 1);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv());
+        assert!(thread_count().unwrap() > before.min(1));
+        drop(tx);
+        t.join().unwrap().unwrap_err();
+    }
+
+    #[test]
+    fn refuses_to_fork_with_threads() {
+        // The test harness runs tests on threads, so this process is never single-threaded.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv());
+        assert!(matches!(fork(), Err(Error::Threaded(n)) if n > 1));
+        drop(tx);
+        t.join().unwrap().unwrap_err();
+    }
+}
