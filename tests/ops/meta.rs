@@ -1,0 +1,473 @@
+//! Metadata: mode, owner, timestamps and xattrs of lower files (and what copy-up keeps), the
+//! private xattrs that must stay hidden, statfs, access(2) for another uid, and the read-only
+//! mount.
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use nix::sys::stat::{utimensat, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{chown, Gid, Uid};
+
+use crate::common;
+use crate::harness::{
+    assert_errno, assert_no_private_xattrs, lstat, names, read, targets, Env, Node, Target,
+};
+use Node::*;
+
+/// mtime 2001-02-03 04:05:06.123456789 and atime a day earlier, odd nanoseconds on purpose.
+const MTIME: (i64, i64) = (981_173_106, 123_456_789);
+const ATIME: (i64, i64) = (981_086_706, 987_654_321);
+
+fn set_times(p: &Path, atime: (i64, i64), mtime: (i64, i64)) -> nix::Result<()> {
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        p,
+        &TimeSpec::new(atime.0, atime.1),
+        &TimeSpec::new(mtime.0, mtime.1),
+        UtimensatFlags::NoFollowSymlink,
+    )
+}
+
+/// A lower file `d/f` owned by 1234:5678, mode 0640, with MTIME and a user xattr.
+fn env_with_rich_lower_file(t: Target) -> Env {
+    let mut e = Env::build(t, &[&[File("d/f", b"content"), File("d/g", b"g")]], &[]);
+    for rel in ["d/f", "d/g"] {
+        let p = e.lower(0, rel);
+        chown(&p, Some(Uid::from_raw(1234)), Some(Gid::from_raw(5678))).expect("chown fixture");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        xattr::set(&p, "user.test.colour", b"blue").expect("fixture xattr");
+        set_times(&p, ATIME, MTIME).expect("fixture times");
+    }
+    e.mount();
+    e
+}
+
+fn mtime_of(m: &std::fs::Metadata) -> (i64, i64) {
+    (m.mtime(), m.mtime_nsec())
+}
+
+#[test]
+fn chmod_lower_file_copy_up_keeps_owner_mtime_xattrs() {
+    if !common::can_mount("chmod_lower_file_copy_up_keeps_owner_mtime_xattrs") {
+        return;
+    }
+    for t in targets() {
+        let mut e = env_with_rich_lower_file(t);
+        std::fs::set_permissions(e.p("d/f"), std::fs::Permissions::from_mode(0o604))
+            .unwrap_or_else(|err| panic!("{t}: chmod: {err}"));
+        for (where_, p) in [("mount", e.p("d/f")), ("upper", e.upper("d/f"))] {
+            let m = lstat(t, &p);
+            assert_eq!(m.mode() & 0o7777, 0o604, "{t}: {where_}: mode");
+            assert_eq!((m.uid(), m.gid()), (1234, 5678), "{t}: {where_}: owner");
+            assert_eq!(mtime_of(&m), MTIME, "{t}: {where_}: mtime");
+            assert_eq!(
+                xattr::get(&p, "user.test.colour").expect("getxattr"),
+                Some(b"blue".to_vec()),
+                "{t}: {where_}: user xattr"
+            );
+        }
+        assert_eq!(read(t, &e.p("d/f")), b"content", "{t}");
+        let low = lstat(t, &e.lower(0, "d/f"));
+        assert_eq!(low.mode() & 0o7777, 0o640, "{t}: lower mode");
+        e.remount();
+        let m = lstat(t, &e.p("d/f"));
+        assert_eq!(
+            (m.mode() & 0o7777, m.uid()),
+            (0o604, 1234),
+            "{t}: after remount"
+        );
+        assert_eq!(mtime_of(&m), MTIME, "{t}: mtime after remount");
+        assert_no_private_xattrs(t, &e.p("d/f"));
+        assert_no_private_xattrs(t, &e.p("d"));
+    }
+}
+
+#[test]
+fn chown_lower_file_copy_up_keeps_mode_and_mtime() {
+    if !common::can_mount("chown_lower_file_copy_up_keeps_mode_and_mtime") {
+        return;
+    }
+    for t in targets() {
+        let e = env_with_rich_lower_file(t);
+        chown(&e.p("d/f"), Some(Uid::from_raw(42)), None)
+            .unwrap_or_else(|err| panic!("{t}: chown uid: {err}"));
+        chown(&e.p("d/g"), None, Some(Gid::from_raw(43)))
+            .unwrap_or_else(|err| panic!("{t}: chown gid: {err}"));
+        let f = lstat(t, &e.p("d/f"));
+        assert_eq!((f.uid(), f.gid()), (42, 5678), "{t}: f owner");
+        let g = lstat(t, &e.p("d/g"));
+        assert_eq!((g.uid(), g.gid()), (1234, 43), "{t}: g owner");
+        for m in [&f, &g] {
+            assert_eq!(m.mode() & 0o7777, 0o640, "{t}: mode kept");
+            assert_eq!(mtime_of(m), MTIME, "{t}: mtime kept");
+        }
+        assert_eq!(lstat(t, &e.upper("d/f")).uid(), 42, "{t}: upper f");
+        assert_eq!(lstat(t, &e.lower(0, "d/f")).uid(), 1234, "{t}: lower f");
+    }
+}
+
+#[test]
+fn utimensat_nanosecond_mtime_preserved() {
+    if !common::can_mount("utimensat_nanosecond_mtime_preserved") {
+        return;
+    }
+    for t in targets() {
+        let mut e = Env::new(t, &[&[File("f", b"x"), Dir("dir")]], &[]);
+        let want_m = (1_600_000_000, 1);
+        let want_a = (1_500_000_000, 999_999_999);
+        for rel in ["f", "dir"] {
+            set_times(&e.p(rel), want_a, want_m)
+                .unwrap_or_else(|err| panic!("{t}: utimensat {rel}: {err}"));
+        }
+        std::fs::write(e.p("new"), b"n").expect("create");
+        set_times(&e.p("new"), want_a, (1_234_567_890, 500_000_001)).expect("utimensat new");
+        e.remount();
+        for rel in ["f", "dir"] {
+            let m = lstat(t, &e.p(rel));
+            assert_eq!(mtime_of(&m), want_m, "{t}: {rel}: mtime");
+            assert_eq!((m.atime(), m.atime_nsec()), want_a, "{t}: {rel}: atime");
+        }
+        let n = lstat(t, &e.p("new"));
+        assert_eq!(mtime_of(&n), (1_234_567_890, 500_000_001), "{t}: new file");
+        assert_eq!(read(t, &e.lower(0, "f")), b"x", "{t}");
+    }
+}
+
+#[test]
+fn user_xattr_set_get_list_remove() {
+    if !common::can_mount("user_xattr_set_get_list_remove") {
+        return;
+    }
+    for t in targets() {
+        let mut e = env_with_rich_lower_file(t);
+        let sorted_user = |p: &Path| {
+            let mut v: Vec<String> = xattr::list(p)
+                .unwrap_or_else(|err| panic!("{t}: listxattr {p:?}: {err}"))
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("user."))
+                .collect();
+            v.sort();
+            v
+        };
+        let f = e.p("d/f");
+        assert_eq!(
+            sorted_user(&f),
+            ["user.test.colour"],
+            "{t}: lower xattr listed"
+        );
+        xattr::set(&f, "user.test.size", b"large").unwrap_or_else(|err| panic!("{t}: set: {err}"));
+        xattr::set(&f, "user.test.colour", b"red").expect("replace");
+        assert_eq!(
+            sorted_user(&f),
+            ["user.test.colour", "user.test.size"],
+            "{t}"
+        );
+        assert_eq!(
+            xattr::get(&f, "user.test.colour").expect("get"),
+            Some(b"red".to_vec())
+        );
+        xattr::remove(&f, "user.test.size").unwrap_or_else(|err| panic!("{t}: remove: {err}"));
+        assert_errno(
+            t,
+            "remove missing",
+            xattr::remove(&f, "user.test.size"),
+            libc::ENODATA,
+        );
+        assert_eq!(
+            xattr::get(&f, "user.test.size").expect("get"),
+            None,
+            "{t}: removed"
+        );
+        // On a lower directory, removing a lower xattr copies the dir up.
+        let d = e.p("d");
+        xattr::set(&d, "user.dir", b"1").unwrap_or_else(|err| panic!("{t}: set on dir: {err}"));
+        xattr::remove(e.p("d/g"), "user.test.colour")
+            .unwrap_or_else(|err| panic!("{t}: remove lower xattr: {err}"));
+        e.remount();
+        assert_eq!(
+            sorted_user(&e.p("d/f")),
+            ["user.test.colour"],
+            "{t}: remount f"
+        );
+        assert_eq!(
+            sorted_user(&e.p("d/g")),
+            Vec::<String>::new(),
+            "{t}: remount g"
+        );
+        assert_eq!(sorted_user(&e.p("d")), ["user.dir"], "{t}: remount d");
+        assert_eq!(
+            xattr::get(e.lower(0, "d/g"), "user.test.colour").expect("lower get"),
+            Some(b"blue".to_vec()),
+            "{t}: lower xattr untouched"
+        );
+    }
+}
+
+#[test]
+fn private_xattrs_never_visible_through_mount() {
+    if !common::can_mount("private_xattrs_never_visible_through_mount") {
+        return;
+    }
+    for t in targets() {
+        let mut e = Env::new(
+            t,
+            &[&[
+                Opaque("op"),
+                File("op/a", b"a"),
+                File("mv/x", b"x"),
+                File("f", b"f"),
+            ]],
+            &[],
+        );
+        // Make the filesystem write its own markers: redirect, opaque, origin, impure.
+        std::fs::rename(e.p("mv"), e.p("moved")).expect("rename dir");
+        std::fs::remove_file(e.p("op/a")).expect("unlink");
+        std::fs::remove_dir(e.p("op")).expect("rmdir");
+        std::fs::create_dir(e.p("op")).expect("mkdir over whiteout");
+        std::fs::write(e.p("f"), b"copied").expect("copy up f");
+        e.remount();
+        for rel in ["", "op", "moved", "moved/x", "f"] {
+            let p = e.p(rel);
+            assert_no_private_xattrs(t, &p);
+            for name in [
+                "trusted.overlay.opaque",
+                "trusted.overlay.redirect",
+                "trusted.overlay.origin",
+            ] {
+                assert_errno(
+                    t,
+                    &format!("getxattr {name} on {rel:?}"),
+                    xattr::get(&p, name).and_then(|v| match v {
+                        None => Err(std::io::Error::from_raw_os_error(libc::ENODATA)),
+                        Some(v) => Ok(v),
+                    }),
+                    libc::ENODATA,
+                );
+            }
+        }
+        assert_eq!(names(t, &e.p("op")), Vec::<String>::new(), "{t}");
+        assert_eq!(names(t, &e.p("moved")), ["x"], "{t}");
+    }
+}
+
+/// Kernel overlayfs (6.7 and later) escapes `trusted.overlay.*` names a user sets through the
+/// mount (stored as `trusted.overlay.overlay.*`, for nesting), so the set may succeed; what must
+/// never happen is that it acts as the filesystem's own marker.
+#[test]
+fn private_xattr_cannot_be_forged_through_mount() {
+    if !common::can_mount("private_xattr_cannot_be_forged_through_mount") {
+        return;
+    }
+    for t in targets() {
+        let mut e = Env::new(t, &[&[File("d/a", b"a")], &[File("d/b", b"b")]], &[]);
+        let d = e.p("d");
+        // Whatever the answer (kernel: success), the directory must not become opaque.
+        let _ = xattr::set(&d, "trusted.overlay.opaque", b"y");
+        let _ = xattr::set(&d, "user.overlay.opaque", b"y");
+        assert_eq!(names(t, &d), ["a", "b"], "{t}: mounted");
+        e.remount();
+        assert_eq!(names(t, &e.p("d")), ["a", "b"], "{t}: after remount");
+        assert_eq!(
+            xattr::get(e.lower(0, "d"), "trusted.overlay.opaque").expect("lower getxattr"),
+            None,
+            "{t}: lower dir marked"
+        );
+    }
+}
+
+#[test]
+fn statfs_reports_upper_filesystem() {
+    if !common::can_mount("statfs_reports_upper_filesystem") {
+        return;
+    }
+    for t in targets() {
+        let e = Env::new(t, &[&[File("f", b"x")]], &[]);
+        let got = nix::sys::statvfs::statvfs(&e.p(""))
+            .unwrap_or_else(|err| panic!("{t}: statvfs: {err}"));
+        let upper = nix::sys::statvfs::statvfs(&e.s.upper).expect("statvfs upper");
+        assert!(got.block_size() > 0, "{t}: f_bsize");
+        assert!(got.blocks() > 0, "{t}: f_blocks");
+        assert!(got.name_max() >= 255, "{t}: f_namemax {}", got.name_max());
+        assert_eq!(
+            got.blocks(),
+            upper.blocks(),
+            "{t}: f_blocks as the upper fs"
+        );
+        assert_eq!(
+            got.block_size(),
+            upper.block_size(),
+            "{t}: f_bsize as the upper fs"
+        );
+        let f = std::fs::File::open(e.p("f")).expect("open");
+        nix::sys::statvfs::fstatvfs(&f).unwrap_or_else(|err| panic!("{t}: fstatvfs: {err}"));
+    }
+}
+
+/// Runs `access(path, mode)` for each check as uid:gid 1000:1000 in a forked child and
+/// returns the errno of each (0 for success).
+fn access_as_other_user(checks: &[(&Path, i32)]) -> Vec<i32> {
+    let cs: Vec<(CString, i32)> = checks
+        .iter()
+        .map(|(p, m)| (CString::new(p.as_os_str().as_bytes()).expect("no NUL"), *m))
+        .collect();
+    let mut pipe = [0i32; 2];
+    // SAFETY: `pipe` has room for two descriptors.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0, "pipe");
+    // SAFETY: the child only makes raw syscalls on data prepared before fork, then _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        // SAFETY: async-signal-safe syscalls only.
+        unsafe {
+            libc::close(pipe[0]);
+            let ok = libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setresgid(1000, 1000, 1000) == 0
+                && libc::setresuid(1000, 1000, 1000) == 0;
+            if !ok {
+                libc::_exit(2);
+            }
+            for (p, m) in &cs {
+                let r = libc::access(p.as_ptr(), *m);
+                let err: i32 = if r == 0 { 0 } else { *libc::__errno_location() };
+                libc::write(pipe[1], (&err as *const i32).cast(), 4);
+            }
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: closing our copy of the write end.
+    unsafe { libc::close(pipe[1]) };
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4];
+    // SAFETY: the read end is ours; `buf` has 4 bytes.
+    while unsafe { libc::read(pipe[0], buf.as_mut_ptr().cast(), 4) } == 4 {
+        out.push(i32::from_ne_bytes(buf));
+    }
+    // SAFETY: closing the read end; reaping our own child.
+    let mut status = 0;
+    unsafe {
+        libc::close(pipe[0]);
+        libc::waitpid(pid, &mut status, 0);
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status}"
+    );
+    out
+}
+
+#[test]
+fn access_honours_modes_for_other_uid() {
+    if !common::can_mount("access_honours_modes_for_other_uid") {
+        return;
+    }
+    for t in targets() {
+        let mut e = Env::build(
+            t,
+            &[&[
+                File("d/secret", b"s"),
+                File("d/public", b"p"),
+                File("d/mine", b"m"),
+                Dir("closed"),
+            ]],
+            &[],
+        );
+        // The temporary directory is 0700; uid 1000 must be able to reach the mountpoint.
+        std::fs::set_permissions(e.s.dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("open up the stack directory");
+        let modes = [
+            ("d/secret", 0o600),
+            ("d/public", 0o644),
+            ("d/mine", 0o600),
+            ("closed", 0o700),
+        ];
+        for (rel, mode) in modes {
+            std::fs::set_permissions(e.lower(0, rel), std::fs::Permissions::from_mode(mode))
+                .expect("fixture mode");
+        }
+        std::fs::set_permissions(e.lower(0, "d"), std::fs::Permissions::from_mode(0o755))
+            .expect("d");
+        chown(
+            &e.lower(0, "d/mine"),
+            Some(Uid::from_raw(1000)),
+            Some(Gid::from_raw(1000)),
+        )
+        .expect("chown");
+        e.mount();
+        std::fs::set_permissions(e.p(""), std::fs::Permissions::from_mode(0o755))
+            .expect("root 0755");
+        let (r, w, x) = (libc::R_OK, libc::W_OK, libc::X_OK);
+        let (secret, public, mine, closed, d) = (
+            e.p("d/secret"),
+            e.p("d/public"),
+            e.p("d/mine"),
+            e.p("closed"),
+            e.p("d"),
+        );
+        let checks: [(&Path, i32, i32); 9] = [
+            (&secret, r, libc::EACCES),
+            (&secret, libc::F_OK, 0),
+            (&public, r, 0),
+            (&public, w, libc::EACCES),
+            (&mine, r | w, 0),
+            (&mine, x, libc::EACCES),
+            (&closed, x, libc::EACCES),
+            (&d, r | x, 0),
+            (&d, w, libc::EACCES),
+        ];
+        let got = access_as_other_user(&checks.map(|(p, m, _)| (p, m)));
+        for ((p, m, want), got) in checks.iter().zip(&got) {
+            assert_eq!(got, want, "{t}: access({p:?}, {m:#o}) as uid 1000");
+        }
+        assert_eq!(got.len(), checks.len(), "{t}: child answered every check");
+        // Root still reads everything.
+        assert_eq!(read(t, &secret), b"s", "{t}");
+    }
+}
+
+#[test]
+fn readonly_mount_reads_and_rejects_writes_erofs() {
+    if !common::can_mount("readonly_mount_reads_and_rejects_writes_erofs") {
+        return;
+    }
+    for t in targets() {
+        let e = Env::new_ro(
+            t,
+            &[
+                &[File("d/a", b"A"), Whiteout("d/b")],
+                &[File("d/b", b"B"), File("d/c", b"C")],
+            ],
+        );
+        assert_eq!(names(t, &e.p("d")), ["a", "c"], "{t}: merged listing");
+        assert_eq!(read(t, &e.p("d/c")), b"C", "{t}: read");
+        let erofs = |what: &str, r: std::io::Result<()>| assert_errno(t, what, r, libc::EROFS);
+        erofs("create", std::fs::File::create(e.p("d/new")).map(drop));
+        erofs(
+            "open for write",
+            OpenOptions::new().write(true).open(e.p("d/a")).map(drop),
+        );
+        erofs("mkdir", std::fs::create_dir(e.p("d/sub")));
+        erofs("unlink", std::fs::remove_file(e.p("d/a")));
+        erofs("rmdir", std::fs::remove_dir(e.p("d")));
+        erofs("rename", std::fs::rename(e.p("d/a"), e.p("d/z")));
+        erofs(
+            "chmod",
+            std::fs::set_permissions(e.p("d/a"), std::fs::Permissions::from_mode(0o600)),
+        );
+        erofs("setxattr", xattr::set(e.p("d/a"), "user.x", b"1"));
+        erofs("symlink", std::os::unix::fs::symlink("a", e.p("d/l")));
+        erofs(
+            "truncate",
+            nix::unistd::truncate(&e.p("d/a"), 0).map_err(Into::into),
+        );
+        erofs(
+            "utimensat",
+            set_times(&e.p("d/a"), ATIME, MTIME).map_err(Into::into),
+        );
+        assert_eq!(read(t, &e.p("d/a")), b"A", "{t}: unchanged");
+        assert_eq!(read(t, &e.lower(0, "d/a")), b"A", "{t}: lower unchanged");
+    }
+}
