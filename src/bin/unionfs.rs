@@ -221,6 +221,10 @@ fn mount(args: MountArgs) -> Result<()> {
 }
 
 fn mount_fs(cfg: &MountConfig, mnt: &Path) -> Result<Mounted> {
+    // The kernel has already applied the caller's umask to the modes of create, mkdir and mknod
+    // requests; a second mask from the daemon's own umask would be wrong (fuse-overlayfs does
+    // the same).
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     unionfs::fs::mount(cfg, mnt).with_context(|| format!("cannot mount on {}", mnt.display()))
 }
 
@@ -285,7 +289,8 @@ fn detach(cfg: &MountConfig, mnt: &Path, log: &File, log_path: &Path) -> Result<
                 Ok(Fork::Parent(_)) => process::exit_now(0),
                 Ok(Fork::Child) => {}
                 Err(e) => {
-                    let _ = write!(ready, "-cannot start the daemon: {e}");
+                    let e = anyhow::Error::from(e).context("cannot start the daemon");
+                    let _ = write!(ready, "-{e:#}");
                     process::exit_now(1);
                 }
             }
