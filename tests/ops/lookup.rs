@@ -2,6 +2,7 @@
 //! directories of both formats, and the inode numbers readdir reports.
 
 use std::os::unix::ffi::OsStrExt;
+
 use std::os::unix::fs::MetadataExt;
 
 use crate::common;
@@ -240,5 +241,145 @@ fn lookup_ino_stable_across_repeated_lookups() {
             a != b && a != d && b != d,
             "{t}: distinct files share an ino"
         );
+    }
+}
+
+/// Kernel overlayfs cannot count the subdirectories of a merged directory, so it reports
+/// nlink 1 (which find(1) and fts read as "unknown"); a directory from one layer keeps its own.
+#[test]
+fn merged_dir_reports_nlink_one() {
+    if !common::can_mount("merged_dir_reports_nlink_one") {
+        return;
+    }
+    for t in targets() {
+        let e = Env::new(
+            t,
+            &[&[Dir("d/s1")], &[Dir("d/s2"), Dir("d/s3"), Dir("low/s")]],
+            &[],
+        );
+        assert_eq!(lstat(t, &e.p("")).nlink(), 1, "{t}: merged root");
+        assert_eq!(lstat(t, &e.p("d")).nlink(), 1, "{t}: merged d");
+        assert_eq!(lstat(t, &e.p("low")).nlink(), 3, "{t}: single-layer dir");
+        assert_eq!(lstat(t, &e.p("d/s1")).nlink(), 2, "{t}: leaf dir");
+    }
+}
+
+/// Enough entries that readdir needs several calls, with whiteouts among them: nothing twice,
+/// nothing hidden shown, and telldir/seekdir resume where they left off.
+#[test]
+fn readdir_large_merged_dir_no_duplicates_and_seekdir() {
+    if !common::can_mount("readdir_large_merged_dir_no_duplicates_and_seekdir") {
+        return;
+    }
+    for t in targets() {
+        let lower1: Vec<String> = (0..600)
+            .map(|i| format!("big/entry-with-long-name-{i:04}"))
+            .collect();
+        let wh: Vec<String> = (0..600)
+            .step_by(3)
+            .map(|i| format!("big/entry-with-long-name-{i:04}"))
+            .collect();
+        let lower0: Vec<String> = (600..900)
+            .map(|i| format!("big/entry-with-long-name-{i:04}"))
+            .collect();
+        let n1: Vec<Node> = lower1.iter().map(|p| File(p, b"1")).collect();
+        let mut n0: Vec<Node> = lower0.iter().map(|p| File(p, b"0")).collect();
+        n0.extend(wh.iter().map(|p| Whiteout(p)));
+        let e = Env::new(t, &[&n0, &n1], &[]);
+        for i in 900..1000 {
+            std::fs::write(e.p(&format!("big/entry-with-long-name-{i:04}")), b"u").expect("create");
+        }
+        let mut want: Vec<String> = (0..1000)
+            .filter(|i| *i >= 600 || i % 3 != 0)
+            .map(|i| format!("entry-with-long-name-{i:04}"))
+            .collect();
+        want.sort();
+        assert_eq!(names(t, &e.p("big")), want, "{t}: merged listing");
+        let (first, rest, resumed) = read_with_seekdir(&e.p("big"), 250);
+        assert_eq!(first.len(), 250, "{t}: first part");
+        assert_eq!(
+            rest, resumed,
+            "{t}: seekdir(telldir()) resumes at the same entry"
+        );
+        let mut all: Vec<String> = first
+            .into_iter()
+            .chain(rest)
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        all.sort();
+        assert_eq!(all, want, "{t}: entries read in two parts");
+    }
+}
+
+/// Reads `n` entries, remembers telldir, reads the rest, seeks back and reads the rest again.
+fn read_with_seekdir(dir: &std::path::Path, n: usize) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("no NUL");
+    // SAFETY: plain libc dirent calls on a stream we open and close here.
+    unsafe {
+        let d = libc::opendir(c.as_ptr());
+        assert!(!d.is_null(), "opendir {dir:?}");
+        let next = |d: *mut libc::DIR| -> Option<String> {
+            let ent = libc::readdir(d);
+            if ent.is_null() {
+                return None;
+            }
+            let name = std::ffi::CStr::from_ptr((*ent).d_name.as_ptr());
+            Some(name.to_string_lossy().into_owned())
+        };
+        let mut first = Vec::new();
+        while first.len() < n {
+            match next(d) {
+                Some(s) if s == "." || s == ".." => {}
+                Some(s) => first.push(s),
+                None => break,
+            }
+        }
+        let pos = libc::telldir(d);
+        let mut rest = Vec::new();
+        while let Some(s) = next(d) {
+            rest.push(s);
+        }
+        libc::seekdir(d, pos);
+        let mut resumed = Vec::new();
+        while let Some(s) = next(d) {
+            resumed.push(s);
+        }
+        libc::closedir(d);
+        (first, rest, resumed)
+    }
+}
+
+#[test]
+fn dir_fd_opened_before_copy_up_sees_new_entries_after_rewind() {
+    if !common::can_mount("dir_fd_opened_before_copy_up_sees_new_entries_after_rewind") {
+        return;
+    }
+    for t in targets() {
+        let e = Env::new(t, &[&[File("low/a", b"a")]], &[]);
+        let mut d = nix::dir::Dir::open(
+            &e.p("low"),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .expect("opendir");
+        let list = |d: &mut nix::dir::Dir| {
+            let mut v: Vec<String> = d
+                .iter()
+                .map(|ent| {
+                    ent.expect("readdir")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .filter(|n| n != "." && n != "..")
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(list(&mut d), ["a"], "{t}: before");
+        std::fs::write(e.p("low/b"), b"b").expect("create low/b (copies low up)");
+        std::fs::remove_file(e.p("low/a")).expect("unlink low/a");
+        // Each Dir::iter rewinds the stream when it is done, so this reads from the start.
+        assert_eq!(list(&mut d), ["b"], "{t}: same fd after rewind");
     }
 }

@@ -459,6 +459,17 @@ fn readonly_mount_reads_and_rejects_writes_erofs() {
         );
         erofs("setxattr", xattr::set(e.p("d/a"), "user.x", b"1"));
         erofs("symlink", std::os::unix::fs::symlink("a", e.p("d/l")));
+        erofs("link", std::fs::hard_link(e.p("d/a"), e.p("d/hl")));
+        erofs(
+            "mkfifo",
+            nix::unistd::mkfifo(&e.p("d/p"), nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(Into::into),
+        );
+        erofs("removexattr", xattr::remove(e.p("d/a"), "user.x"));
+        erofs(
+            "chown",
+            chown(&e.p("d/a"), Some(Uid::from_raw(1)), None).map_err(Into::into),
+        );
         erofs(
             "truncate",
             nix::unistd::truncate(&e.p("d/a"), 0).map_err(Into::into),

@@ -559,3 +559,82 @@ fn rename_exchange_swaps_lower_and_upper_entries() {
         assert_no_markers(t, &e.p(""));
     }
 }
+
+#[test]
+fn rename_opaque_lower_dir_keeps_hiding_below() {
+    if !common::can_mount("rename_opaque_lower_dir_keeps_hiding_below") {
+        return;
+    }
+    for t in targets() {
+        let mut e = Env::new(
+            t,
+            &[
+                &[Opaque("d"), File("d/top", b"t")],
+                &[File("d/below", b"b")],
+            ],
+            &[],
+        );
+        std::fs::rename(e.p("d"), e.p("e")).unwrap_or_else(|err| panic!("{t}: rename: {err}"));
+        assert_eq!(names(t, &e.p("e")), ["top"], "{t}: mounted");
+        e.remount();
+        assert_eq!(names(t, &e.p("e")), ["top"], "{t}: after remount");
+        assert_eq!(names(t, &e.p("")), ["e"], "{t}: root");
+        assert_no_markers(t, &e.p(""));
+    }
+}
+
+/// A directory renamed onto a whited-out name must not merge with the hidden lower directory.
+#[test]
+fn rename_dir_over_whiteout() {
+    if !common::can_mount("rename_dir_over_whiteout") {
+        return;
+    }
+    for t in targets() {
+        let mut e = Env::new(
+            t,
+            &[
+                &[Whiteout("x"), File("src/mine", b"m")],
+                &[File("x/hidden", b"h")],
+            ],
+            &[],
+        );
+        std::fs::rename(e.p("src"), e.p("x")).unwrap_or_else(|err| panic!("{t}: rename: {err}"));
+        assert_eq!(names(t, &e.p("x")), ["mine"], "{t}: mounted");
+        assert_gone(t, &e, "x/hidden");
+        e.remount();
+        assert_eq!(names(t, &e.p("x")), ["mine"], "{t}: after remount");
+        assert_eq!(names(t, &e.p("")), ["x"], "{t}: root");
+        // The same through the mount: rmdir a lower dir, then rename another onto its name.
+        std::fs::create_dir(e.p("y")).expect("mkdir y");
+        std::fs::rename(e.p("x"), e.p("y2")).expect("rename x");
+        std::fs::rename(e.p("y"), e.p("x")).expect("rename y onto the old name");
+        assert_eq!(
+            names(t, &e.p("x")),
+            Vec::<String>::new(),
+            "{t}: x is the empty y"
+        );
+        assert_eq!(names(t, &e.p("y2")), ["mine"], "{t}: y2");
+    }
+}
+
+#[test]
+fn unlink_then_recreate_lower_name() {
+    if !common::can_mount("unlink_then_recreate_lower_name") {
+        return;
+    }
+    for t in targets() {
+        let mut e = Env::new(t, &[&[File("d/f", b"lower"), Dir("d/sub")]], &[]);
+        std::fs::remove_file(e.p("d/f")).expect("unlink");
+        std::fs::write(e.p("d/f"), b"again").unwrap_or_else(|err| panic!("{t}: recreate: {err}"));
+        std::fs::remove_dir(e.p("d/sub")).expect("rmdir");
+        std::fs::write(e.p("d/sub"), b"now a file").expect("file over a removed dir");
+        e.remount();
+        assert_eq!(read(t, &e.p("d/f")), b"again", "{t}");
+        assert_eq!(read(t, &e.p("d/sub")), b"now a file", "{t}");
+        assert_eq!(names(t, &e.p("d")), ["f", "sub"], "{t}");
+        assert!(
+            e.upper("d/f").is_file(),
+            "{t}: whiteout replaced by the file"
+        );
+    }
+}
