@@ -1,1 +1,447 @@
-//! (being written)
+//! The stack of layers and name resolution over it: which layer holds a name, what is whited
+//! out, what is opaque, what a merged directory lists, and each object's stable inode number.
+//!
+//! This is pure logic over directory entries: no FUSE types. Every lookup and listing of the
+//! filesystem goes through [`Layers::resolve`] and [`Layers::list`], so that a faster index
+//! (one lookup instead of one per layer) can replace their insides without touching the callers.
+//!
+//! Lower layers are immutable: a lower location `(layer, path)` found once stays valid for the
+//! life of the mount. Only the upper changes, and only through this daemon.
+
+mod ino;
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::AtFlags;
+use nix::sys::stat::{fstatat, FileStat, SFlag};
+
+use crate::whiteout;
+
+pub use ino::{origin_of, set_origin, InoMapper, ORIGIN_XATTR_SUFFIX};
+
+/// One layer directory.
+#[derive(Debug)]
+pub struct Layer {
+    pub root: PathBuf,
+    pub dev: u64,
+}
+
+impl Layer {
+    /// Opens the layer rooted at `root` (which must be a directory).
+    pub fn open(root: &Path) -> nix::Result<Layer> {
+        let st = lstat(root)?;
+        if !is_dir(&st) {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(Layer {
+            root: root.to_path_buf(),
+            dev: st.st_dev,
+        })
+    }
+
+    /// The absolute path of `rel` inside this layer.
+    pub fn join(&self, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+}
+
+/// A directory of some lower layer that takes part in a merged directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LowerDir {
+    pub layer: usize,
+    pub path: PathBuf,
+}
+
+/// What the resolution of a merged directory needs to know about it.
+#[derive(Debug, Clone, Default)]
+pub struct DirView {
+    /// Merged path, which is also its path in the upper layer.
+    pub path: PathBuf,
+    /// Whether the directory exists in the upper layer.
+    pub in_upper: bool,
+    /// The lower directories merged into it, top first (empty when opaque).
+    pub lowers: Vec<LowerDir>,
+}
+
+/// The top-most lower object behind a merged name.
+#[derive(Debug, Clone)]
+pub struct LowerObj {
+    pub layer: usize,
+    pub path: PathBuf,
+    pub st: FileStat,
+}
+
+/// A name looked up in a merged directory.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The upper object at the name (never a whiteout).
+    pub upper: Option<FileStat>,
+    /// The upper holds a whiteout at the name.
+    pub upper_whiteout: bool,
+    /// The top-most visible lower object (the copy-up source; for a directory the top lower).
+    pub lower: Option<LowerObj>,
+    /// For a directory: every lower directory merged into it, top first.
+    pub lower_dirs: Vec<LowerDir>,
+}
+
+impl Resolved {
+    /// Whether the name exists in the merged view.
+    pub fn exists(&self) -> bool {
+        self.upper.is_some() || self.lower.is_some()
+    }
+
+    /// The attributes of the object the merged view shows.
+    pub fn stat(&self) -> Option<&FileStat> {
+        self.upper.as_ref().or(self.lower.as_ref().map(|l| &l.st))
+    }
+
+    /// Whether the merged object is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.stat().is_some_and(is_dir)
+    }
+
+    /// The view a directory's children are resolved against.
+    pub fn dir_view(&self, path: PathBuf) -> DirView {
+        DirView {
+            path,
+            in_upper: self.upper.is_some(),
+            lowers: self.lower_dirs.clone(),
+        }
+    }
+}
+
+/// An entry of a merged directory listing.
+#[derive(Debug, Clone)]
+pub struct ListEntry {
+    pub name: OsString,
+    pub resolved: Resolved,
+}
+
+/// The whole stack: an optional writable upper over read-only lowers (top first).
+#[derive(Debug)]
+pub struct Layers {
+    pub upper: Option<Layer>,
+    pub lowers: Vec<Layer>,
+    pub inos: InoMapper,
+}
+
+pub fn lstat(path: &Path) -> nix::Result<FileStat> {
+    fstatat(nix::fcntl::AT_FDCWD, path, AtFlags::AT_SYMLINK_NOFOLLOW)
+}
+
+fn lstat_opt(path: &Path) -> nix::Result<Option<FileStat>> {
+    match lstat(path) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn is_dir(st: &FileStat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// What one layer shows at one name.
+enum Seen {
+    Nothing,
+    Whiteout,
+    Object(FileStat),
+}
+
+/// Looks at `dir/name` in one layer, reading both whiteout formats.
+fn look(dir: &Path, name: &OsStr) -> nix::Result<Seen> {
+    if whiteout::is_aufs_marker(name) {
+        return Ok(Seen::Nothing);
+    }
+    match lstat_opt(&dir.join(name))? {
+        Some(st) if whiteout::is_overlay_whiteout(&st) => Ok(Seen::Whiteout),
+        Some(st) => Ok(Seen::Object(st)),
+        None => match lstat_opt(&dir.join(whiteout::aufs_whiteout_name(name)))? {
+            Some(_) => Ok(Seen::Whiteout),
+            None => Ok(Seen::Nothing),
+        },
+    }
+}
+
+/// A redirect read from a directory: where lower layers keep its contents.
+enum Redirect {
+    /// The same parent, another name.
+    Name(OsString),
+    /// A path from every lower layer's root.
+    Absolute(PathBuf),
+}
+
+fn parse_redirect(v: Vec<u8>) -> Option<Redirect> {
+    if v.first() == Some(&b'/') {
+        let rel = v
+            .iter()
+            .position(|b| *b != b'/')
+            .map_or(&[][..], |i| &v[i..]);
+        Some(Redirect::Absolute(PathBuf::from(OsStr::from_bytes(rel))))
+    } else if v.contains(&b'/') || v.is_empty() {
+        None
+    } else {
+        Some(Redirect::Name(OsString::from(OsStr::from_bytes(&v))))
+    }
+}
+
+impl Layers {
+    /// Opens the layers. `lowers` are top-most first.
+    pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> nix::Result<Layers> {
+        let upper = upper.map(Layer::open).transpose()?;
+        let lowers = lowers
+            .iter()
+            .map(|p| Layer::open(p))
+            .collect::<nix::Result<Vec<_>>>()?;
+        let devs = upper.iter().chain(lowers.iter()).map(|l| l.dev);
+        let inos = InoMapper::new(devs);
+        Ok(Layers {
+            upper,
+            lowers,
+            inos,
+        })
+    }
+
+    /// The view of the root directory.
+    pub fn root_view(&self) -> nix::Result<(Resolved, DirView)> {
+        let upper = match &self.upper {
+            Some(u) => Some(lstat(&u.root)?),
+            None => None,
+        };
+        let opaque = self
+            .upper
+            .as_ref()
+            .is_some_and(|u| whiteout::is_opaque_dir(&u.root));
+        let mut lower_dirs = Vec::new();
+        let mut lower = None;
+        if !opaque {
+            for (i, l) in self.lowers.iter().enumerate() {
+                let st = lstat(&l.root)?;
+                lower_dirs.push(LowerDir {
+                    layer: i,
+                    path: PathBuf::new(),
+                });
+                if lower.is_none() {
+                    lower = Some(LowerObj {
+                        layer: i,
+                        path: PathBuf::new(),
+                        st,
+                    });
+                }
+                if whiteout::is_opaque_dir(&l.root) {
+                    break;
+                }
+            }
+        }
+        let r = Resolved {
+            upper,
+            upper_whiteout: false,
+            lower,
+            lower_dirs,
+        };
+        let view = r.dir_view(PathBuf::new());
+        Ok((r, view))
+    }
+
+    /// Resolves `name` in the merged directory `dir`, upper first, then each lower in turn,
+    /// stopping at a whiteout, an opaque directory or a non-directory, and following redirects
+    /// of renamed directories (overlayfs's `redirect_dir`).
+    pub fn resolve(&self, dir: &DirView, name: &OsStr) -> nix::Result<Resolved> {
+        let mut r = Resolved {
+            upper: None,
+            upper_whiteout: false,
+            lower: None,
+            lower_dirs: Vec::new(),
+        };
+        if whiteout::is_aufs_marker(name) {
+            return Ok(r);
+        }
+        // Where the lower layers are to be searched: by default the same name in each lower
+        // directory of the parent.
+        let mut cands: Vec<(usize, PathBuf)> = dir
+            .lowers
+            .iter()
+            .map(|d| (d.layer, d.path.join(name)))
+            .collect();
+        if let (true, Some(upper)) = (dir.in_upper, &self.upper) {
+            let updir = upper.join(&dir.path);
+            match look(&updir, name)? {
+                Seen::Whiteout => {
+                    r.upper_whiteout = true;
+                    return Ok(r);
+                }
+                Seen::Nothing => {}
+                Seen::Object(st) => {
+                    let path = updir.join(name);
+                    let dir_obj = is_dir(&st);
+                    r.upper = Some(st);
+                    if !dir_obj || whiteout::is_opaque_dir(&path) {
+                        return Ok(r);
+                    }
+                    if let Some(rd) = whiteout::redirect_of(&path).and_then(parse_redirect) {
+                        cands = self.redirected(dir, rd, None);
+                    }
+                }
+            }
+        }
+        let mut i = 0;
+        while i < cands.len() {
+            let (layer, path) = cands[i].clone();
+            i += 1;
+            let full = self.lowers[layer].join(&path);
+            let parent = full.parent().expect("a joined name has a parent");
+            let seen = look(parent, full.file_name().expect("joined name"))?;
+            let st = match seen {
+                Seen::Nothing => continue,
+                Seen::Whiteout => break,
+                Seen::Object(st) => st,
+            };
+            let have_dir = r.is_dir() || !r.lower_dirs.is_empty();
+            if !is_dir(&st) {
+                if r.upper.is_none() && r.lower.is_none() {
+                    r.lower = Some(LowerObj { layer, path, st });
+                }
+                break;
+            }
+            if r.exists() && !have_dir {
+                break;
+            }
+            r.lower_dirs.push(LowerDir {
+                layer,
+                path: path.clone(),
+            });
+            if r.lower.is_none() {
+                r.lower = Some(LowerObj {
+                    layer,
+                    path: path.clone(),
+                    st,
+                });
+            }
+            if whiteout::is_opaque_dir(&full) {
+                break;
+            }
+            if let Some(rd) = whiteout::redirect_of(&full).and_then(parse_redirect) {
+                let rest = self.redirected(dir, rd, Some(layer));
+                cands.truncate(i);
+                cands.extend(rest);
+            }
+        }
+        if r.upper.is_some() && r.lower.as_ref().is_some_and(|l| !is_dir(&l.st)) {
+            r.lower = None;
+        }
+        Ok(r)
+    }
+
+    /// The lower search list after a redirect found in layer `after` (None: in the upper).
+    fn redirected(
+        &self,
+        dir: &DirView,
+        rd: Redirect,
+        after: Option<usize>,
+    ) -> Vec<(usize, PathBuf)> {
+        let below = |l: usize| after.is_none_or(|a| l > a);
+        match rd {
+            Redirect::Name(n) => dir
+                .lowers
+                .iter()
+                .filter(|d| below(d.layer))
+                .map(|d| (d.layer, d.path.join(&n)))
+                .collect(),
+            Redirect::Absolute(p) => (0..self.lowers.len())
+                .filter(|l| below(*l))
+                .map(|l| (l, p.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether the top-most lower entry at `name` in `dir` is a real object (not a whiteout):
+    /// removing or renaming away such a name must leave a whiteout in the upper.
+    pub fn lower_positive(&self, dir: &DirView, name: &OsStr) -> nix::Result<bool> {
+        for d in &dir.lowers {
+            match look(&self.lowers[d.layer].join(&d.path), name)? {
+                Seen::Nothing => continue,
+                Seen::Whiteout => return Ok(false),
+                Seen::Object(_) => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    /// The merged listing of `dir`: every visible name once, resolved, in a stable order
+    /// (upper names first, then each lower's new names, each in its directory's order).
+    pub fn list(&self, dir: &DirView) -> nix::Result<Vec<ListEntry>> {
+        let mut order: Vec<OsString> = Vec::new();
+        let mut seen: HashMap<OsString, ()> = HashMap::new();
+        let mut add = |names: Vec<OsString>| {
+            for n in names {
+                let n = match whiteout::aufs_hidden_name(&n) {
+                    Some(hidden) => hidden.to_os_string(),
+                    None if whiteout::is_aufs_marker(&n) => continue,
+                    None => n,
+                };
+                if seen.insert(n.clone(), ()).is_none() {
+                    order.push(n);
+                }
+            }
+        };
+        if let (true, Some(u)) = (dir.in_upper, &self.upper) {
+            add(read_names(&u.join(&dir.path))?);
+        }
+        for d in &dir.lowers {
+            add(read_names(&self.lowers[d.layer].join(&d.path))?);
+        }
+        let mut out = Vec::with_capacity(order.len());
+        for name in order {
+            let resolved = self.resolve(dir, &name)?;
+            if resolved.exists() {
+                out.push(ListEntry { name, resolved });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stable inode number of a resolved object (see [`InoMapper`]).
+    pub fn ino_of(&self, dir: &DirView, name: &OsStr, r: &Resolved) -> u64 {
+        match (&r.upper, &r.lower) {
+            (Some(st), Some(l)) if is_dir(st) => self.inos.map(l.st.st_dev, l.st.st_ino),
+            (Some(st), _) => {
+                let upper = self
+                    .upper
+                    .as_ref()
+                    .expect("an upper object needs an upper layer");
+                let path = upper.join(&dir.path).join(name);
+                ino::origin_of(&path).unwrap_or_else(|| self.inos.map(st.st_dev, st.st_ino))
+            }
+            (None, Some(l)) => self.inos.map(l.st.st_dev, l.st.st_ino),
+            (None, None) => 0,
+        }
+    }
+}
+
+/// The names in a directory, without `.` and `..`.
+fn read_names(dir: &Path) -> nix::Result<Vec<OsString>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Vec::new()),
+        Err(e) => return Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
+    };
+    let mut names = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        names.push(e.file_name());
+    }
+    Ok(names)
+}
+
+/// The file type bits of a stat result.
+pub fn file_type(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT)
+}

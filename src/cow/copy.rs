@@ -1,0 +1,147 @@
+//! Copying one object's data and metadata to a staging path.
+//!
+//! Data is copied with `copy_file_range` (the filesystem may reflink or copy in the kernel),
+//! segment by segment between `SEEK_DATA` and `SEEK_HOLE` so that sparse files stay sparse.
+//! Metadata is applied in the order that keeps it intact: owner before mode (chown clears the
+//! set-id bits), xattrs, and times last (every other change touches them).
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, AT_FDCWD};
+use nix::sys::stat::{utimensat, FileStat, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, Whence};
+
+use crate::layer_index::{file_type, set_origin};
+use crate::sys::xattr;
+use crate::whiteout::{self, XattrNs};
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Creates at `dst` a copy of the object at `src`: file data (none with `empty`), a symlink's
+/// target, or a special file's type and device.
+pub fn object(src: &Path, dst: &Path, st: &FileStat, empty: bool, sync: bool) -> nix::Result<()> {
+    match file_type(st) {
+        SFlag::S_IFREG => {
+            let out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dst)
+                .map_err(io_errno)?;
+            if !empty {
+                let input = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(src)
+                    .map_err(io_errno)?;
+                copy_data(&input, &out, st.st_size)?;
+            }
+            if sync {
+                out.sync_all().map_err(io_errno)?;
+            }
+            Ok(())
+        }
+        SFlag::S_IFLNK => {
+            let target = std::fs::read_link(src).map_err(io_errno)?;
+            std::os::unix::fs::symlink(target, dst).map_err(io_errno)
+        }
+        kind => nix::sys::stat::mknod(dst, kind, Mode::from_bits_truncate(0o600), st.st_rdev),
+    }
+}
+
+/// Copies `size` bytes of data, keeping holes.
+fn copy_data(input: &File, out: &File, size: i64) -> nix::Result<()> {
+    let mut pos: i64 = 0;
+    while pos < size {
+        let start = match nix::unistd::lseek(input.as_fd(), pos, Whence::SeekData) {
+            Ok(p) => p,
+            Err(Errno::ENXIO) => break,
+            Err(_) => pos,
+        };
+        let end = nix::unistd::lseek(input.as_fd(), start, Whence::SeekHole).unwrap_or(size);
+        let (mut off_in, mut off_out) = (start, start);
+        while off_in < end {
+            let want = (end - off_in).min(1 << 30) as usize;
+            let n = nix::fcntl::copy_file_range(
+                input.as_fd(),
+                Some(&mut off_in),
+                out.as_fd(),
+                Some(&mut off_out),
+                want,
+            )?;
+            if n == 0 {
+                break;
+            }
+        }
+        pos = end;
+    }
+    out.set_len(size as u64).map_err(io_errno)
+}
+
+/// Gives `dst` the owner, mode, xattrs and times of `src` (described by `st`), and records
+/// `origin` as its inode number (0: none).
+pub fn metadata(
+    src: &Path,
+    dst: &Path,
+    st: &FileStat,
+    ns: XattrNs,
+    origin: u64,
+) -> nix::Result<()> {
+    let is_link = file_type(st) == SFlag::S_IFLNK;
+    nix::unistd::fchownat(
+        AT_FDCWD,
+        dst,
+        Some(Uid::from_raw(st.st_uid)),
+        Some(Gid::from_raw(st.st_gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?;
+    if !is_link {
+        nix::sys::stat::fchmodat(
+            AT_FDCWD,
+            dst,
+            Mode::from_bits_truncate(st.st_mode & 0o7777),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )?;
+    }
+    copy_xattrs(src, dst, is_link)?;
+    if origin != 0 {
+        match set_origin(dst, ns, origin) {
+            // user.* xattrs are not allowed on symlinks; their inode number then comes from
+            // the upper object itself.
+            Err(Errno::EPERM) if is_link => {}
+            r => r?,
+        }
+    }
+    utimensat(
+        AT_FDCWD,
+        dst,
+        &TimeSpec::new(st.st_atime, st.st_atime_nsec),
+        &TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+        UtimensatFlags::NoFollowSymlink,
+    )
+}
+
+/// Copies every xattr that is not the filesystem's own.
+fn copy_xattrs(src: &Path, dst: &Path, is_link: bool) -> nix::Result<()> {
+    for name in xattr::list(src)? {
+        if whiteout::is_private_xattr(&name) {
+            continue;
+        }
+        let Some(value) = xattr::get(src, &name)? else {
+            continue;
+        };
+        match xattr::set(dst, &name, &value, 0) {
+            Ok(()) => {}
+            Err(Errno::EPERM | Errno::ENOTSUP) if is_link => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! The union filesystem's state and its read-side operations: resolving nodes, attributes,
+//! listings. Operations return `Result<_, Errno>`; the adapter turns errors into replies.
+//!
+//! Locking: `ns` orders namespace changes. Lookups, getattr and readdir take it shared;
+//! every operation that changes the upper (create, remove, rename, copy-up, setattr, xattr
+//! writes) takes it exclusively, so a resolution never sees a half-done change of the upper.
+//! The node table has its own short-held mutex and is never held across a system call.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType};
+use nix::errno::Errno;
+use nix::sys::stat::FileStat;
+use parking_lot::{Mutex, RwLock};
+
+use super::handle::{DirEntry, Handles};
+use super::inode::{Node, Table, ROOT};
+use crate::cow::Upper;
+use crate::layer_index::{self, is_dir, DirView, Layers, Resolved};
+
+pub type Res<T> = Result<T, Errno>;
+
+/// How long the kernel may cache entries and attributes. Every change goes through this
+/// daemon, which invalidates what it changes, so this bounds only how long an outside change
+/// to a layer (which is not supported) could stay unseen.
+pub const TTL: Duration = Duration::from_secs(1);
+
+/// Where the data of a node lives now.
+#[derive(Debug, Clone)]
+pub enum Backing {
+    Upper(PathBuf),
+    /// The index copy of a hard-linked lower file, shared by all its names.
+    Index(PathBuf),
+    Lower(PathBuf),
+}
+
+impl Backing {
+    pub fn path(&self) -> &Path {
+        match self {
+            Backing::Upper(p) | Backing::Index(p) | Backing::Lower(p) => p,
+        }
+    }
+
+    pub fn is_lower(&self) -> bool {
+        matches!(self, Backing::Lower(_))
+    }
+}
+
+pub struct UnionFs {
+    pub(super) layers: Layers,
+    pub(super) upper: Option<Upper>,
+    pub(super) ns: RwLock<()>,
+    pub(super) table: Mutex<Table>,
+    pub(super) handles: Handles,
+}
+
+pub fn errno_of(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
+    } else {
+        UNIX_EPOCH - Duration::new(secs.unsigned_abs(), 0) + Duration::new(0, nsecs as u32)
+    }
+}
+
+pub fn kind_of(st: &FileStat) -> FileType {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+impl UnionFs {
+    pub fn new(layers: Layers, upper: Option<Upper>) -> Res<UnionFs> {
+        let (root, _) = layers.root_view()?;
+        let mut table = Table::default();
+        table.insert_root(Node {
+            ino: ROOT,
+            is_dir: true,
+            lookups: 0,
+            aliases: vec![PathBuf::new()],
+            parent: ROOT,
+            lower: root.lower.clone(),
+            lower_dirs: root.lower_dirs.clone(),
+        });
+        Ok(UnionFs {
+            layers,
+            upper,
+            ns: RwLock::new(()),
+            table: Mutex::new(table),
+            handles: Handles::default(),
+        })
+    }
+
+    pub(super) fn node(&self, ino: u64) -> Res<Node> {
+        self.table.lock().get(ino).cloned().ok_or(Errno::ESTALE)
+    }
+
+    /// The upper object at merged path `rel`, if there is one (whiteouts are not objects).
+    pub(super) fn upper_stat(&self, rel: &Path) -> Res<Option<FileStat>> {
+        let Some(up) = &self.upper else {
+            return Ok(None);
+        };
+        match layer_index::lstat(&up.path(rel)) {
+            Ok(st) if crate::whiteout::is_overlay_whiteout(&st) => Ok(None),
+            Ok(st) => Ok(Some(st)),
+            Err(Errno::ENOENT | Errno::ENOTDIR) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The view of directory `ino` for resolving its children.
+    pub(super) fn dir_view(&self, ino: u64) -> Res<DirView> {
+        let node = self.node(ino)?;
+        if !node.is_dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let in_upper = self.upper_stat(node.path())?.is_some_and(|st| is_dir(&st));
+        Ok(node.view(in_upper))
+    }
+
+    /// Where `node`'s object lives now, and its attributes there.
+    pub(super) fn backing(&self, node: &Node) -> Res<(Backing, FileStat)> {
+        if let Some(st) = self.upper_stat(node.path())? {
+            if let Some(up) = &self.upper {
+                return Ok((Backing::Upper(up.path(node.path())), st));
+            }
+        }
+        let lower = node.lower.as_ref().ok_or(Errno::ENOENT)?;
+        if !node.is_dir && lower.st.st_nlink > 1 {
+            if let Some(up) = &self.upper {
+                let idx = up.index_path(node.ino);
+                if let Ok(st) = layer_index::lstat(&idx) {
+                    return Ok((Backing::Index(idx), st));
+                }
+            }
+        }
+        let path = self.layers.lowers[lower.layer].join(&lower.path);
+        let st = layer_index::lstat(&path)?;
+        Ok((Backing::Lower(path), st))
+    }
+
+    /// The merged attributes of `node` whose object is at `backing` with `st`.
+    pub(super) fn attr(&self, node: &Node, backing: &Backing, st: &FileStat) -> FileAttr {
+        let mut nlink = st.st_nlink as u32;
+        if node.is_dir {
+            // Like overlayfs: a merged directory reports 1, which `find` and others accept
+            // as "unknown number of subdirectories".
+            let merged = match backing {
+                Backing::Upper(_) => !node.lower_dirs.is_empty(),
+                _ => node.lower_dirs.len() > 1,
+            };
+            if merged {
+                nlink = 1;
+            }
+        } else if !backing.is_lower() && nlink > 1 {
+            if let Some(n) = self
+                .upper
+                .as_ref()
+                .and_then(|u| u.indexed_nlink(backing.path()))
+            {
+                nlink = n;
+            }
+        }
+        FileAttr {
+            ino: fuser::INodeNo(node.ino),
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: time(st.st_ctime, st.st_ctime_nsec),
+            crtime: UNIX_EPOCH,
+            kind: kind_of(st),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+            flags: 0,
+        }
+    }
+
+    pub(super) fn node_attr(&self, node: &Node) -> Res<FileAttr> {
+        let (b, st) = self.backing(node)?;
+        Ok(self.attr(node, &b, &st))
+    }
+
+    /// Resolves `name` in directory `parent` into a node (not yet counted in the table).
+    pub(super) fn resolve_node(&self, parent: u64, name: &OsStr) -> Res<(Node, Resolved)> {
+        if name.len() > 255 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let view = self.dir_view(parent)?;
+        let r = self.layers.resolve(&view, name)?;
+        if !r.exists() {
+            return Err(Errno::ENOENT);
+        }
+        let node = self.node_from(parent, &view, name, &r);
+        Ok((node, r))
+    }
+
+    pub(super) fn node_from(
+        &self,
+        parent: u64,
+        view: &DirView,
+        name: &OsStr,
+        r: &Resolved,
+    ) -> Node {
+        Node {
+            ino: self.layers.ino_of(view, name, r),
+            is_dir: r.is_dir(),
+            lookups: 0,
+            aliases: vec![view.path.join(name)],
+            parent,
+            lower: r.lower.clone(),
+            lower_dirs: r.lower_dirs.clone(),
+        }
+    }
+
+    /// Looks up `name` in `parent` and counts a kernel reference on the result.
+    pub fn do_lookup(&self, parent: u64, name: &OsStr) -> Res<(FileAttr, Duration)> {
+        let _ns = self.ns.read();
+        self.lookup_locked(parent, name)
+    }
+
+    /// `do_lookup` for callers that already hold `ns`.
+    pub(super) fn lookup_locked(&self, parent: u64, name: &OsStr) -> Res<(FileAttr, Duration)> {
+        let (node, _) = self.resolve_node(parent, name)?;
+        let attr = self.node_attr(&node)?;
+        // The kernel does not say through which name an operation on a hard-linked lower file
+        // comes; never caching such names makes every operation look the name up first, so
+        // copy-up materialises the name that was used.
+        let ttl = match &node.lower {
+            Some(l) if !node.is_dir && l.st.st_nlink > 1 => Duration::ZERO,
+            _ => TTL,
+        };
+        self.table.lock().upsert(node);
+        Ok((attr, ttl))
+    }
+
+    pub fn do_forget(&self, ino: u64, n: u64) {
+        self.table.lock().forget(ino, n);
+    }
+
+    pub fn do_getattr(&self, ino: u64) -> Res<FileAttr> {
+        let _ns = self.ns.read();
+        let node = self.node(ino)?;
+        self.node_attr(&node)
+    }
+
+    pub fn do_readlink(&self, ino: u64) -> Res<Vec<u8>> {
+        use std::os::unix::ffi::OsStringExt;
+        let _ns = self.ns.read();
+        let (b, _) = self.backing(&self.node(ino)?)?;
+        let t = std::fs::read_link(b.path()).map_err(errno_of)?;
+        Ok(t.into_os_string().into_vec())
+    }
+
+    /// Takes the merged listing of directory `ino` for a new directory handle.
+    pub fn do_opendir(&self, ino: u64) -> Res<u64> {
+        let _ns = self.ns.read();
+        let node = self.node(ino)?;
+        let view = self.dir_view(ino)?;
+        let list = self.layers.list(&view)?;
+        let mut entries = Vec::with_capacity(list.len() + 2);
+        entries.push(DirEntry {
+            ino,
+            kind: FileType::Directory,
+            name: ".".into(),
+        });
+        entries.push(DirEntry {
+            ino: node.parent,
+            kind: FileType::Directory,
+            name: "..".into(),
+        });
+        for e in list {
+            let st = e.resolved.stat().expect("listed entries exist");
+            entries.push(DirEntry {
+                ino: self.layers.ino_of(&view, &e.name, &e.resolved),
+                kind: kind_of(st),
+                name: e.name,
+            });
+        }
+        Ok(self.handles.add_dir(entries))
+    }
+
+    pub fn do_statfs(&self) -> Res<nix::sys::statvfs::Statvfs> {
+        let root = match &self.upper {
+            Some(u) => u.path(Path::new("")),
+            None => self.layers.lowers[0].root.clone(),
+        };
+        nix::sys::statvfs::statvfs(&root)
+    }
+}

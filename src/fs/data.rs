@@ -1,0 +1,262 @@
+//! Operations on an object's contents and attributes: open, read, write, sync, setattr,
+//! xattrs, allocation and seeking. Anything that writes copies the object up first.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::time::SystemTime;
+
+use fuser::{FileAttr, TimeOrNow};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, AT_FDCWD};
+use nix::sys::stat::{utimensat, FchmodatFlags, Mode, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid};
+
+use super::core::{errno_of, Res, UnionFs};
+use crate::sys::xattr;
+use crate::whiteout;
+
+/// The attribute changes of one setattr call.
+#[derive(Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+    pub fh: Option<u64>,
+}
+
+fn timespec(t: Option<TimeOrNow>) -> TimeSpec {
+    match t {
+        None => TimeSpec::new(0, libc::UTIME_OMIT),
+        Some(TimeOrNow::Now) => TimeSpec::new(0, libc::UTIME_NOW),
+        Some(TimeOrNow::SpecificTime(t)) => {
+            let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            TimeSpec::new(d.as_secs() as i64, d.subsec_nanos() as i64)
+        }
+    }
+}
+
+const WRITE_FLAGS: i32 = libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT;
+
+impl UnionFs {
+    /// Opens `ino`; opening for writing (or truncating) copies it up first.
+    pub fn do_open(&self, ino: u64, flags: i32) -> Res<u64> {
+        let acc = flags & libc::O_ACCMODE;
+        let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let (file, on_lower) = if writes {
+            let _ns = self.ns.write();
+            let node = self.node(ino)?;
+            self.copy_up(&node, flags & libc::O_TRUNC != 0)?;
+            let (b, _) = self.backing(&node)?;
+            let f = std::fs::OpenOptions::new()
+                .read(acc != libc::O_WRONLY)
+                .write(acc != libc::O_RDONLY)
+                .truncate(flags & libc::O_TRUNC != 0)
+                .custom_flags(libc::O_NOFOLLOW | (flags & WRITE_FLAGS))
+                .open(b.path())
+                .map_err(errno_of)?;
+            (f, false)
+        } else {
+            let _ns = self.ns.read();
+            let node = self.node(ino)?;
+            let (b, _) = self.backing(&node)?;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | (flags & libc::O_DIRECT))
+                .open(b.path())
+                .map_err(errno_of)?;
+            (f, b.is_lower())
+        };
+        Ok(self.handles.add_file(ino, file, on_lower))
+    }
+
+    /// Registers a file created by `do_create` as an open handle.
+    pub fn add_created(&self, ino: u64, file: File) -> u64 {
+        self.handles.add_file(ino, file, false)
+    }
+
+    fn handle_file(&self, fh: u64) -> Res<std::sync::Arc<File>> {
+        Ok(self.handles.file(fh).ok_or(Errno::EBADF)?.file())
+    }
+
+    pub fn do_read(&self, fh: u64, offset: u64, size: u32) -> Res<Vec<u8>> {
+        let f = self.handle_file(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match f.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(errno_of(e)),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn do_write(&self, fh: u64, offset: u64, data: &[u8]) -> Res<u32> {
+        let f = self.handle_file(fh)?;
+        f.write_all_at(data, offset).map_err(errno_of)?;
+        Ok(data.len() as u32)
+    }
+
+    pub fn do_fsync(&self, fh: u64, datasync: bool) -> Res<()> {
+        if self.upper.as_ref().is_some_and(|u| u.volatile()) {
+            return Ok(());
+        }
+        let f = self.handle_file(fh)?;
+        if datasync {
+            f.sync_data()
+        } else {
+            f.sync_all()
+        }
+        .map_err(errno_of)
+    }
+
+    pub fn do_release(&self, fh: u64) {
+        self.handles.remove_file(fh);
+    }
+
+    pub fn do_fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Res<()> {
+        let f = self.handle_file(fh)?;
+        nix::fcntl::fallocate(
+            f.as_fd(),
+            nix::fcntl::FallocateFlags::from_bits_truncate(mode),
+            offset as i64,
+            length as i64,
+        )
+    }
+
+    pub fn do_lseek(&self, fh: u64, offset: i64, whence: i32) -> Res<i64> {
+        let f = self.handle_file(fh)?;
+        let whence = match whence {
+            libc::SEEK_SET => nix::unistd::Whence::SeekSet,
+            libc::SEEK_CUR => nix::unistd::Whence::SeekCur,
+            libc::SEEK_END => nix::unistd::Whence::SeekEnd,
+            libc::SEEK_DATA => nix::unistd::Whence::SeekData,
+            libc::SEEK_HOLE => nix::unistd::Whence::SeekHole,
+            _ => return Err(Errno::EINVAL),
+        };
+        nix::unistd::lseek(f.as_fd(), offset, whence)
+    }
+
+    pub fn do_copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Res<u32> {
+        let (fi, fo) = (self.handle_file(fh_in)?, self.handle_file(fh_out)?);
+        let (mut oi, mut oo) = (off_in as i64, off_out as i64);
+        let n = nix::fcntl::copy_file_range(
+            fi.as_fd(),
+            Some(&mut oi),
+            fo.as_fd(),
+            Some(&mut oo),
+            len.min(u32::MAX as u64 / 2) as usize,
+        )?;
+        Ok(n as u32)
+    }
+
+    /// Changes attributes; the object is copied up first (without data when truncated to 0).
+    pub fn do_setattr(&self, ino: u64, a: SetAttr) -> Res<FileAttr> {
+        let _ns = self.ns.write();
+        let node = self.node(ino)?;
+        self.copy_up(&node, a.size == Some(0))?;
+        let (b, st) = self.backing(&node)?;
+        let path = b.path();
+        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        if a.uid.is_some() || a.gid.is_some() {
+            nix::unistd::fchownat(
+                AT_FDCWD,
+                path,
+                a.uid.map(Uid::from_raw),
+                a.gid.map(Gid::from_raw),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )?;
+        }
+        if let Some(mode) = a.mode {
+            if is_link {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            nix::sys::stat::fchmodat(
+                AT_FDCWD,
+                path,
+                Mode::from_bits_truncate(mode & 0o7777),
+                FchmodatFlags::FollowSymlink,
+            )?;
+        }
+        if let Some(size) = a.size {
+            match a.fh.and_then(|fh| self.handles.file(fh)) {
+                Some(h) if !*h.on_lower.read() => h.file().set_len(size).map_err(errno_of)?,
+                _ => nix::unistd::truncate(path, size as i64)?,
+            }
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            utimensat(
+                AT_FDCWD,
+                path,
+                &timespec(a.atime),
+                &timespec(a.mtime),
+                UtimensatFlags::NoFollowSymlink,
+            )?;
+        }
+        self.node_attr(&node)
+    }
+
+    pub fn do_getxattr(&self, ino: u64, name: &OsStr) -> Res<Vec<u8>> {
+        if whiteout::is_private_xattr(name) {
+            return Err(Errno::ENODATA);
+        }
+        let _ns = self.ns.read();
+        let (b, _) = self.backing(&self.node(ino)?)?;
+        xattr::get(b.path(), name)?.ok_or(Errno::ENODATA)
+    }
+
+    pub fn do_listxattr(&self, ino: u64) -> Res<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt;
+        let _ns = self.ns.read();
+        let (b, _) = self.backing(&self.node(ino)?)?;
+        let mut out = Vec::new();
+        for n in xattr::list(b.path())? {
+            if !whiteout::is_private_xattr(&n) {
+                out.extend_from_slice(n.as_bytes());
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn do_setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Res<()> {
+        if whiteout::is_private_xattr(name) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let _ns = self.ns.write();
+        let node = self.node(ino)?;
+        self.copy_up(&node, false)?;
+        let (b, _) = self.backing(&node)?;
+        xattr::set(b.path(), name, value, flags)
+    }
+
+    pub fn do_removexattr(&self, ino: u64, name: &OsStr) -> Res<()> {
+        if whiteout::is_private_xattr(name) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let _ns = self.ns.write();
+        let node = self.node(ino)?;
+        if xattr::get(self.backing(&node)?.0.path(), name)?.is_none() {
+            return Err(Errno::ENODATA);
+        }
+        self.copy_up(&node, false)?;
+        let (b, _) = self.backing(&node)?;
+        xattr::remove(b.path(), name)
+    }
+}

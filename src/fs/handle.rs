@@ -1,0 +1,98 @@
+//! Open files and directories, by the file handle number given to the kernel.
+//!
+//! A file handle owns the backing file descriptor. A read-only open of a lower file keeps
+//! working after the file is copied up: copy-up swaps the descriptor of every handle on that
+//! inode to the upper copy, so reads see what overlayfs would show (the new data).
+//! A directory handle holds the listing taken at opendir, so that offsets stay valid while
+//! entries change (POSIX allows either view of concurrently changed entries).
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+#[derive(Debug)]
+pub struct FileHandle {
+    pub ino: u64,
+    /// The backing file; replaced when a lower file is copied up under an open handle.
+    pub file: RwLock<Arc<File>>,
+    /// Whether `file` is a lower (read-only) file.
+    pub on_lower: RwLock<bool>,
+}
+
+impl FileHandle {
+    pub fn file(&self) -> Arc<File> {
+        self.file.read().clone()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: fuser::FileType,
+    pub name: OsString,
+}
+
+#[derive(Debug)]
+pub struct DirHandle {
+    pub entries: Vec<DirEntry>,
+}
+
+#[derive(Debug, Default)]
+pub struct Handles {
+    next: AtomicU64,
+    files: Mutex<HashMap<u64, Arc<FileHandle>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
+}
+
+impl Handles {
+    fn next(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn add_file(&self, ino: u64, file: File, on_lower: bool) -> u64 {
+        let fh = self.next();
+        let h = FileHandle {
+            ino,
+            file: RwLock::new(Arc::new(file)),
+            on_lower: RwLock::new(on_lower),
+        };
+        self.files.lock().insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub fn file(&self, fh: u64) -> Option<Arc<FileHandle>> {
+        self.files.lock().get(&fh).cloned()
+    }
+
+    pub fn remove_file(&self, fh: u64) -> Option<Arc<FileHandle>> {
+        self.files.lock().remove(&fh)
+    }
+
+    /// Handles of `ino` still reading from the lower layer.
+    pub fn lower_handles_of(&self, ino: u64) -> Vec<Arc<FileHandle>> {
+        self.files
+            .lock()
+            .values()
+            .filter(|h| h.ino == ino && *h.on_lower.read())
+            .cloned()
+            .collect()
+    }
+
+    pub fn add_dir(&self, entries: Vec<DirEntry>) -> u64 {
+        let fh = self.next();
+        self.dirs.lock().insert(fh, Arc::new(DirHandle { entries }));
+        fh
+    }
+
+    pub fn dir(&self, fh: u64) -> Option<Arc<DirHandle>> {
+        self.dirs.lock().get(&fh).cloned()
+    }
+
+    pub fn remove_dir(&self, fh: u64) {
+        self.dirs.lock().remove(&fh);
+    }
+}

@@ -1,0 +1,130 @@
+//! The table of merged objects the kernel currently knows, keyed by inode number.
+//!
+//! A node caches what resolution found: the merged paths it is known by (several for hard
+//! links; the last looked-up one first in line), and its lower side, which never changes since
+//! lower layers are immutable. Whether it is in the upper is not cached but read from the upper
+//! when needed, so that there is one source of truth for the upper's state: the upper itself.
+//! A node lives while the kernel holds lookups on it; FORGET releases it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::layer_index::{DirView, LowerDir, LowerObj};
+
+/// The FUSE root's inode number.
+pub const ROOT: u64 = 1;
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub ino: u64,
+    pub is_dir: bool,
+    /// Kernel references (lookup count).
+    pub lookups: u64,
+    /// Merged paths; the last is the one operations use.
+    pub aliases: Vec<PathBuf>,
+    /// Inode number of the directory holding the last alias.
+    pub parent: u64,
+    /// The top-most lower object (copy-up source), if any.
+    pub lower: Option<LowerObj>,
+    /// For directories: the lower directories merged into it.
+    pub lower_dirs: Vec<LowerDir>,
+}
+
+impl Node {
+    /// The merged path operations on this node use.
+    pub fn path(&self) -> &Path {
+        self.aliases.last().map_or(Path::new(""), |p| p.as_path())
+    }
+
+    /// The view its children resolve against (`in_upper` as given by the caller).
+    pub fn view(&self, in_upper: bool) -> DirView {
+        DirView {
+            path: self.path().to_path_buf(),
+            in_upper,
+            lowers: self.lower_dirs.clone(),
+        }
+    }
+}
+
+/// All known nodes.
+#[derive(Debug, Default)]
+pub struct Table {
+    nodes: HashMap<u64, Node>,
+}
+
+impl Table {
+    pub fn get(&self, ino: u64) -> Option<&Node> {
+        self.nodes.get(&ino)
+    }
+
+    /// Inserts the root, which is never forgotten.
+    pub fn insert_root(&mut self, mut node: Node) {
+        node.lookups = u64::MAX / 2;
+        self.nodes.insert(ROOT, node);
+    }
+
+    /// Records a lookup of `node` (a new node, or fresh facts about a known one) and counts
+    /// one kernel reference.
+    pub fn upsert(&mut self, node: Node) {
+        let alias = node.path().to_path_buf();
+        match self.nodes.get_mut(&node.ino) {
+            Some(n) => {
+                n.lookups += 1;
+                n.is_dir = node.is_dir;
+                n.parent = node.parent;
+                n.lower = node.lower;
+                n.lower_dirs = node.lower_dirs;
+                n.aliases.retain(|a| *a != alias);
+                n.aliases.push(alias);
+            }
+            None => {
+                let mut node = node;
+                node.lookups = 1;
+                self.nodes.insert(node.ino, node);
+            }
+        }
+    }
+
+    /// Drops `n` kernel references; the node goes when none are left.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+            if node.lookups == 0 {
+                self.nodes.remove(&ino);
+            }
+        }
+    }
+
+    /// Forgets the merged path `path` of `ino` (after unlink, rmdir, or being renamed over).
+    pub fn remove_alias(&mut self, ino: u64, path: &Path) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.aliases.retain(|a| a != path);
+        }
+    }
+
+    /// Moves `from` to `to`: the alias itself on `ino`, and for a directory every path below it.
+    pub fn rename(&mut self, ino: u64, new_parent: u64, from: &Path, to: &Path) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            for a in n.aliases.iter_mut() {
+                if a == from {
+                    *a = to.to_path_buf();
+                }
+            }
+            n.parent = new_parent;
+        }
+        if !from.as_os_str().is_empty() {
+            for n in self.nodes.values_mut() {
+                for a in n.aliases.iter_mut() {
+                    if let Ok(rest) = a.strip_prefix(from) {
+                        if !rest.as_os_str().is_empty() {
+                            *a = to.join(rest);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

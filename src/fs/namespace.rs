@@ -1,0 +1,421 @@
+//! Operations that change names: create, mkdir, mknod, symlink, link, unlink, rmdir, rename.
+//!
+//! Each follows what kernel overlayfs (fs/overlayfs/dir.c) writes into the upper, so that the
+//! upper of a unionfs mount and of a kernel mount come out the same:
+//! - a name is created over a whiteout by staging it and renaming it over the whiteout; a
+//!   directory created there, or in a directory merged with lower ones, is marked opaque;
+//! - a removed name gets a whiteout only where a lower layer still shows an object there;
+//! - a renamed directory with lower contents records where it came from (a redirect: the old
+//!   name within the same parent, else the absolute old path), and a pure upper directory
+//!   moved into a merged directory is marked opaque.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use fuser::FileAttr;
+use nix::errno::Errno;
+use nix::fcntl::{renameat2, AtFlags, RenameFlags, AT_FDCWD};
+use nix::sys::stat::{FchmodatFlags, Mode, SFlag};
+use nix::unistd::{Gid, Uid};
+
+use super::core::{errno_of, Res, UnionFs};
+use crate::layer_index::{self, DirView, Resolved};
+use crate::whiteout;
+
+/// Who asks, for the owner of what they create.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What to create.
+pub enum NewObject<'a> {
+    File { mode: u32, flags: i32 },
+    Dir { mode: u32 },
+    Node { mode: u32, rdev: u64 },
+    Symlink { target: &'a Path },
+}
+
+fn rename(from: &Path, to: &Path, flags: RenameFlags) -> Res<()> {
+    renameat2(AT_FDCWD, from, AT_FDCWD, to, flags)
+}
+
+impl UnionFs {
+    /// Creates `name` in `parent`. A created file is opened (with `flags`) and returned.
+    pub fn do_create(
+        &self,
+        who: Caller,
+        parent: u64,
+        name: &OsStr,
+        what: NewObject<'_>,
+    ) -> Res<(FileAttr, std::time::Duration, Option<File>)> {
+        let _ns = self.ns.write();
+        let up = self.upper()?;
+        if name.len() > 255 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let pview = self.dir_view(parent)?;
+        let r = self.layers.resolve(&pview, name)?;
+        if r.exists() {
+            return Err(Errno::EEXIST);
+        }
+        let view = self.copy_up_dir_path(&pview.path)?;
+        let dir_st = layer_index::lstat(&up.path(&view.path))?;
+        let sgid = dir_st.st_mode & libc::S_ISGID != 0;
+        let gid = if sgid { dir_st.st_gid } else { who.gid };
+        let rel = view.path.join(name);
+        let dst = up.path(&rel);
+        // Over a whiteout the object is built in the work directory and renamed into place.
+        let at = if r.upper_whiteout {
+            up.temp()
+        } else {
+            dst.clone()
+        };
+        let mut opened = None;
+        let is_new_dir = matches!(what, NewObject::Dir { .. });
+        let mode = match what {
+            NewObject::File { mode, flags } => {
+                let f = std::fs::OpenOptions::new()
+                    .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+                    .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(
+                        flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT),
+                    )
+                    .open(&at)
+                    .map_err(errno_of)?;
+                opened = Some(f);
+                mode
+            }
+            NewObject::Dir { mode } => {
+                nix::unistd::mkdir(&at, Mode::from_bits_truncate(0o700))?;
+                mode | if sgid { libc::S_ISGID } else { 0 }
+            }
+            NewObject::Node { mode, rdev } => {
+                let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
+                if kind == SFlag::S_IFCHR && rdev == 0 {
+                    // 0/0 is a whiteout; overlayfs refuses to create one too.
+                    return Err(Errno::EPERM);
+                }
+                nix::sys::stat::mknod(&at, kind, Mode::from_bits_truncate(0o600), rdev)?;
+                mode
+            }
+            NewObject::Symlink { target } => {
+                std::os::unix::fs::symlink(target, &at).map_err(errno_of)?;
+                0o777
+            }
+        };
+        let finish = || -> Res<()> {
+            nix::unistd::fchownat(
+                AT_FDCWD,
+                &at,
+                Some(Uid::from_raw(who.uid)),
+                Some(Gid::from_raw(gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )?;
+            if !matches!(what, NewObject::Symlink { .. }) {
+                nix::sys::stat::fchmodat(
+                    AT_FDCWD,
+                    &at,
+                    Mode::from_bits_truncate(mode & 0o7777),
+                    FchmodatFlags::FollowSymlink,
+                )?;
+            }
+            if is_new_dir && (r.upper_whiteout || !view.lowers.is_empty()) {
+                whiteout::set_opaque(&at, up.ns())?;
+            }
+            if r.upper_whiteout {
+                if is_new_dir {
+                    rename(&at, &dst, RenameFlags::RENAME_EXCHANGE)?;
+                    std::fs::remove_file(&at).map_err(errno_of)?;
+                } else {
+                    rename(&at, &dst, RenameFlags::empty())?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = finish() {
+            let _ = if is_new_dir {
+                std::fs::remove_dir(&at)
+            } else {
+                std::fs::remove_file(&at)
+            };
+            return Err(e);
+        }
+        let (attr, ttl) = self.lookup_locked(parent, name)?;
+        Ok((attr, ttl, opened))
+    }
+
+    /// Hard-links `ino` as `name` in `parent`.
+    pub fn do_link(
+        &self,
+        ino: u64,
+        parent: u64,
+        name: &OsStr,
+    ) -> Res<(FileAttr, std::time::Duration)> {
+        let _ns = self.ns.write();
+        let up = self.upper()?;
+        let node = self.node(ino)?;
+        if node.is_dir {
+            return Err(Errno::EPERM);
+        }
+        let pview = self.dir_view(parent)?;
+        let r = self.layers.resolve(&pview, name)?;
+        if r.exists() {
+            return Err(Errno::EEXIST);
+        }
+        self.copy_up(&node, false)?;
+        let view = self.copy_up_dir_path(&pview.path)?;
+        let src = up.path(node.path());
+        let dst = up.path(&view.path.join(name));
+        let link = |to: &Path| nix::unistd::linkat(AT_FDCWD, &src, AT_FDCWD, to, AtFlags::empty());
+        if r.upper_whiteout {
+            let tmp = up.temp();
+            link(&tmp)?;
+            if let Err(e) = rename(&tmp, &dst, RenameFlags::empty()) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        } else {
+            link(&dst)?;
+        }
+        up.adjust_nlink(&src, 1)?;
+        self.lookup_locked(parent, name)
+    }
+
+    /// Removes the non-directory `name` from `parent`.
+    pub fn do_unlink(&self, parent: u64, name: &OsStr) -> Res<()> {
+        let _ns = self.ns.write();
+        let up = self.upper()?;
+        let (pview, r, ino) = self.resolve_existing(parent, name)?;
+        if r.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let positive = self.layers.lower_positive(&pview, name)?;
+        let view = self.copy_up_dir_path(&pview.path)?;
+        let rel = view.path.join(name);
+        // An indexed hard link counts its merged names itself.
+        let node = self.node_from(parent, &pview, name, &r);
+        if let Ok((b, _)) = self.backing(&node) {
+            if !b.is_lower() {
+                up.adjust_nlink(b.path(), -1)?;
+            }
+        }
+        if positive {
+            up.whiteout(&rel).map_err(|e| e.errno())?;
+        } else {
+            std::fs::remove_file(up.path(&rel)).map_err(errno_of)?;
+        }
+        self.table.lock().remove_alias(ino, &rel);
+        Ok(())
+    }
+
+    /// Removes the directory `name` from `parent`; it must look empty in the merged view.
+    pub fn do_rmdir(&self, parent: u64, name: &OsStr) -> Res<()> {
+        let _ns = self.ns.write();
+        let up = self.upper()?;
+        let (pview, r, ino) = self.resolve_existing(parent, name)?;
+        if !r.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let rel = pview.path.join(name);
+        if !self.layers.list(&r.dir_view(rel.clone()))?.is_empty() {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let positive = self.layers.lower_positive(&pview, name)?;
+        self.copy_up_dir_path(&pview.path)?;
+        if positive {
+            up.whiteout(&rel).map_err(|e| e.errno())?;
+        } else {
+            // Only markers can be left inside: move it away in one step, then delete.
+            let tmp = up.temp();
+            rename(&up.path(&rel), &tmp, RenameFlags::empty())?;
+            std::fs::remove_dir_all(&tmp).map_err(errno_of)?;
+        }
+        self.table.lock().remove_alias(ino, &rel);
+        Ok(())
+    }
+
+    fn resolve_existing(&self, parent: u64, name: &OsStr) -> Res<(DirView, Resolved, u64)> {
+        let pview = self.dir_view(parent)?;
+        let r = self.layers.resolve(&pview, name)?;
+        if !r.exists() {
+            return Err(Errno::ENOENT);
+        }
+        let ino = self.layers.ino_of(&pview, name, &r);
+        Ok((pview, r, ino))
+    }
+
+    /// Renames `p1/n1` to `p2/n2`; `flags` may hold RENAME_NOREPLACE or RENAME_EXCHANGE.
+    pub fn do_rename(&self, p1: u64, n1: &OsStr, p2: u64, n2: &OsStr, flags: u32) -> Res<()> {
+        let known = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE;
+        if flags & !known != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let _ns = self.ns.write();
+        let up = self.upper()?;
+        let (v1, r1, ino1) = self.resolve_existing(p1, n1)?;
+        if n2.len() > 255 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let v2 = self.dir_view(p2)?;
+        let r2 = self.layers.resolve(&v2, n2)?;
+        let (old_dir, new_dir) = (r1.is_dir(), r2.is_dir());
+        if r2.exists() && flags & libc::RENAME_NOREPLACE != 0 {
+            return Err(Errno::EEXIST);
+        }
+        if exchange && !r2.exists() {
+            return Err(Errno::ENOENT);
+        }
+        let ino2 = r2.exists().then(|| self.layers.ino_of(&v2, n2, &r2));
+        if !exchange && r2.exists() {
+            if old_dir && !new_dir {
+                return Err(Errno::ENOTDIR);
+            }
+            if !old_dir && new_dir {
+                return Err(Errno::EISDIR);
+            }
+            if ino2 == Some(ino1) {
+                return Ok(());
+            }
+            if new_dir && !self.layers.list(&r2.dir_view(v2.path.join(n2)))?.is_empty() {
+                return Err(Errno::ENOTEMPTY);
+            }
+        }
+        let old_rel = v1.path.join(n1);
+        let new_rel = v2.path.join(n2);
+        let samedir = p1 == p2;
+        let old_positive = self.layers.lower_positive(&v1, n1)?;
+
+        self.copy_up(&self.node_from(p1, &v1, n1, &r1), false)?;
+        let v2 = self.copy_up_dir_path(&v2.path)?;
+        if exchange {
+            self.copy_up(&self.node_from(p2, &v2, n2, &r2), false)?;
+        }
+        let (old_up, new_up) = (up.path(&old_rel), up.path(&new_rel));
+        if !exchange && new_dir && r2.upper.is_some() && has_entries(&new_up)? {
+            up.clear_dir(&new_rel).map_err(|e| e.errno())?;
+        }
+        if old_dir {
+            self.mark_moved_dir(&old_rel, n1, samedir, !r1.lower_dirs.is_empty(), &v2)?;
+        }
+        if exchange && new_dir {
+            self.mark_moved_dir(&new_rel, n2, samedir, !r2.lower_dirs.is_empty(), &v1)?;
+        }
+        if !exchange && r2.exists() && !new_dir {
+            let target = self.node_from(p2, &v2, n2, &r2);
+            if let Ok((b, _)) = self.backing(&target) {
+                if !b.is_lower() {
+                    up.adjust_nlink(b.path(), -1)?;
+                }
+            }
+        }
+
+        if exchange {
+            rename(&old_up, &new_up, RenameFlags::RENAME_EXCHANGE)?;
+        } else if old_positive {
+            let how = if r2.upper_whiteout {
+                RenameFlags::RENAME_EXCHANGE
+            } else {
+                RenameFlags::RENAME_WHITEOUT
+            };
+            rename(&old_up, &new_up, how)?;
+        } else if old_dir && r2.upper_whiteout {
+            rename(&old_up, &new_up, RenameFlags::RENAME_EXCHANGE)?;
+            std::fs::remove_file(&old_up).map_err(errno_of)?;
+        } else {
+            rename(&old_up, &new_up, RenameFlags::empty())?;
+        }
+
+        let mut table = self.table.lock();
+        if exchange {
+            let ino2 = ino2.expect("exchange needs a target");
+            let tmp = PathBuf::from("\0exchange");
+            table.rename(ino1, p2, &old_rel, &tmp);
+            table.rename(ino2, p1, &new_rel, &old_rel);
+            table.rename(ino1, p2, &tmp, &new_rel);
+        } else {
+            if let Some(ino2) = ino2 {
+                table.remove_alias(ino2, &new_rel);
+            }
+            table.rename(ino1, p2, &old_rel, &new_rel);
+        }
+        Ok(())
+    }
+
+    /// Before a directory at `rel` (upper) moves to a parent whose view is `dest`: a directory
+    /// with lower contents records a redirect; a pure upper one moving into a merged parent
+    /// becomes opaque (overlayfs's ovl_rename).
+    fn mark_moved_dir(
+        &self,
+        rel: &Path,
+        name: &OsStr,
+        samedir: bool,
+        has_lower: bool,
+        dest: &DirView,
+    ) -> Res<()> {
+        let up = self.upper()?;
+        let path = up.path(rel);
+        if has_lower {
+            let existing = whiteout::redirect_of(&path);
+            let absolute = !samedir;
+            if let Some(v) = &existing {
+                if !absolute || v.first() == Some(&b'/') {
+                    return Ok(());
+                }
+            }
+            let value = if absolute {
+                self.absolute_redirect(rel)
+            } else {
+                name.as_bytes().to_vec()
+            };
+            whiteout::set_redirect(&path, up.ns(), &value).map_err(|_| Errno::EXDEV)
+        } else if !whiteout::is_opaque_dir(&path) && !dest.lowers.is_empty() {
+            whiteout::set_opaque(&path, up.ns()).map_err(|_| Errno::EXDEV)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The absolute lower path of the upper directory at `rel`: its components from the root,
+    /// each replaced by that directory's own redirect where it has one.
+    fn absolute_redirect(&self, rel: &Path) -> Vec<u8> {
+        let up = self.upper.as_ref().expect("called with an upper");
+        let comps: Vec<&OsStr> = rel
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut absolute = false;
+        for i in (0..comps.len()).rev() {
+            let prefix: PathBuf = comps[..=i].iter().collect();
+            match whiteout::redirect_of(&up.path(&prefix)) {
+                Some(v) if v.first() == Some(&b'/') => {
+                    parts.push(v);
+                    absolute = true;
+                    break;
+                }
+                Some(v) => parts.push(v),
+                None => parts.push(comps[i].as_bytes().to_vec()),
+            }
+        }
+        parts.reverse();
+        let mut out = if absolute { Vec::new() } else { b"/".to_vec() };
+        out.extend(parts.join(&b'/'));
+        out
+    }
+}
+
+fn has_entries(dir: &Path) -> Res<bool> {
+    let mut rd = std::fs::read_dir(dir).map_err(errno_of)?;
+    Ok(rd.next().is_some())
+}
