@@ -148,7 +148,15 @@ fn man_page_is_roff() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains(".TH unionfs"), "{text}");
-    assert!(text.contains("mount"), "{text}");
+    assert!(text.contains("unionfs\\-mount(1)"), "{text}");
+    let out = unionfs(["man", "mount"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains(".TH unionfs-mount"), "{text}");
+    assert!(
+        text.contains("\\-\\-lower") && text.contains("lowerdir="),
+        "{text}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -617,6 +625,14 @@ fn mountpoint_in_use_is_refused() {
         .unwrap();
     assert!(st.success());
     let guard = MountGuard { mnt: s.mnt.clone() };
+    let out = unionfs(["umount".as_ref(), s.mnt.as_os_str()]);
+    assert!(!out.status.success(), "unionfs umount removed a tmpfs");
+    assert!(
+        stderr(&out).contains("is not a unionfs mount (tmpfs"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(is_mountpoint(&s.mnt));
     let out = unionfs(mount_args(&[&s.lowers[0]], None, None, &s.mnt));
     let err = stderr(&out);
     assert!(!out.status.success());

@@ -89,8 +89,11 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff)
-    Man,
+    /// Print the man page (roff); with a command, that command's page (unionfs-mount(1), ...)
+    Man {
+        #[arg(value_parser = ["mount", "umount", "completions"])]
+        command: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -144,7 +147,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut cmd, "unionfs", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man => man(),
+        Command::Man { command } => man(command.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -383,8 +386,16 @@ fn umount(args: &UmountArgs) -> Result<()> {
         }
     };
     let table = std::fs::read("/proc/self/mountinfo").context("cannot read the mount table")?;
-    if config::find_mount(&table, &path).is_none() {
+    let Some(entry) = config::find_mount(&table, &path) else {
         bail!("{} is not a mountpoint", path.display());
+    };
+    // Only FUSE mounts: `unionfs umount /` must not try to unmount the root filesystem.
+    if !(entry.fstype == "fuse" || entry.fstype.starts_with("fuse.")) {
+        bail!(
+            "{} is not a unionfs mount ({} is mounted there)",
+            path.display(),
+            entry.fstype
+        );
     }
     match nix::mount::umount2(&path, MntFlags::empty()) {
         Ok(()) => Ok(()),
@@ -416,9 +427,30 @@ fn fusermount_u(path: &Path, lazy: bool) -> Result<()> {
     Ok(())
 }
 
-fn man() -> Result<()> {
+fn man(command: Option<&str>) -> Result<()> {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let page = match command {
+        None => cmd,
+        Some(name) => {
+            // clap names are `&'static str` (its `string` feature is off).
+            const PAGES: [(&str, &str); 3] = [
+                ("mount", "unionfs-mount"),
+                ("umount", "unionfs-umount"),
+                ("completions", "unionfs-completions"),
+            ];
+            let (_, page) = PAGES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .with_context(|| format!("no man page for {name}"))?;
+            let sub = cmd
+                .find_subcommand(name)
+                .with_context(|| format!("no command {name}"))?;
+            sub.clone().name(page)
+        }
+    };
     let mut out = std::io::stdout().lock();
-    clap_mangen::Man::new(Cli::command())
+    clap_mangen::Man::new(page)
         .render(&mut out)
         .context("cannot write the man page")?;
     out.flush().context("cannot write the man page")
