@@ -19,3 +19,5 @@ mod lookup;
 mod meta;
 #[path = "ops/namespace.rs"]
 mod namespace;
+#[path = "ops/users.rs"]
+mod users;

@@ -1,10 +1,7 @@
 //! Metadata: mode, owner, timestamps and xattrs of lower files (and what copy-up keeps), the
-//! private xattrs that must stay hidden, statfs, access(2) for another uid, and the read-only
-//! mount.
+//! private xattrs that must stay hidden, statfs, and the read-only mount.
 
-use std::ffi::CString;
 use std::fs::OpenOptions;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
@@ -304,127 +301,6 @@ fn statfs_reports_upper_filesystem() {
         );
         let f = std::fs::File::open(e.p("f")).expect("open");
         nix::sys::statvfs::fstatvfs(&f).unwrap_or_else(|err| panic!("{t}: fstatvfs: {err}"));
-    }
-}
-
-/// Runs `access(path, mode)` for each check as uid:gid 1000:1000 in a forked child and
-/// returns the errno of each (0 for success).
-fn access_as_other_user(checks: &[(&Path, i32)]) -> Vec<i32> {
-    let cs: Vec<(CString, i32)> = checks
-        .iter()
-        .map(|(p, m)| (CString::new(p.as_os_str().as_bytes()).expect("no NUL"), *m))
-        .collect();
-    let mut pipe = [0i32; 2];
-    // SAFETY: `pipe` has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0, "pipe");
-    // SAFETY: the child only makes raw syscalls on data prepared before fork, then _exits.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork");
-    if pid == 0 {
-        // SAFETY: async-signal-safe syscalls only.
-        unsafe {
-            libc::close(pipe[0]);
-            let ok = libc::setgroups(0, std::ptr::null()) == 0
-                && libc::setresgid(1000, 1000, 1000) == 0
-                && libc::setresuid(1000, 1000, 1000) == 0;
-            if !ok {
-                libc::_exit(2);
-            }
-            for (p, m) in &cs {
-                let r = libc::access(p.as_ptr(), *m);
-                let err: i32 = if r == 0 { 0 } else { *libc::__errno_location() };
-                libc::write(pipe[1], (&err as *const i32).cast(), 4);
-            }
-            libc::_exit(0);
-        }
-    }
-    // SAFETY: closing our copy of the write end.
-    unsafe { libc::close(pipe[1]) };
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4];
-    // SAFETY: the read end is ours; `buf` has 4 bytes.
-    while unsafe { libc::read(pipe[0], buf.as_mut_ptr().cast(), 4) } == 4 {
-        out.push(i32::from_ne_bytes(buf));
-    }
-    // SAFETY: closing the read end; reaping our own child.
-    let mut status = 0;
-    unsafe {
-        libc::close(pipe[0]);
-        libc::waitpid(pid, &mut status, 0);
-    }
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child status {status}"
-    );
-    out
-}
-
-#[test]
-fn access_honours_modes_for_other_uid() {
-    if !common::can_mount("access_honours_modes_for_other_uid") {
-        return;
-    }
-    for t in targets() {
-        let mut e = Env::build(
-            t,
-            &[&[
-                File("d/secret", b"s"),
-                File("d/public", b"p"),
-                File("d/mine", b"m"),
-                Dir("closed"),
-            ]],
-            &[],
-        );
-        // The temporary directory is 0700; uid 1000 must be able to reach the mountpoint.
-        std::fs::set_permissions(e.s.dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("open up the stack directory");
-        let modes = [
-            ("d/secret", 0o600),
-            ("d/public", 0o644),
-            ("d/mine", 0o600),
-            ("closed", 0o700),
-        ];
-        for (rel, mode) in modes {
-            std::fs::set_permissions(e.lower(0, rel), std::fs::Permissions::from_mode(mode))
-                .expect("fixture mode");
-        }
-        std::fs::set_permissions(e.lower(0, "d"), std::fs::Permissions::from_mode(0o755))
-            .expect("d");
-        chown(
-            &e.lower(0, "d/mine"),
-            Some(Uid::from_raw(1000)),
-            Some(Gid::from_raw(1000)),
-        )
-        .expect("chown");
-        e.mount();
-        std::fs::set_permissions(e.p(""), std::fs::Permissions::from_mode(0o755))
-            .expect("root 0755");
-        let (r, w, x) = (libc::R_OK, libc::W_OK, libc::X_OK);
-        let (secret, public, mine, closed, d) = (
-            e.p("d/secret"),
-            e.p("d/public"),
-            e.p("d/mine"),
-            e.p("closed"),
-            e.p("d"),
-        );
-        let checks: [(&Path, i32, i32); 9] = [
-            (&secret, r, libc::EACCES),
-            (&secret, libc::F_OK, 0),
-            (&public, r, 0),
-            (&public, w, libc::EACCES),
-            (&mine, r | w, 0),
-            (&mine, x, libc::EACCES),
-            (&closed, x, libc::EACCES),
-            (&d, r | x, 0),
-            (&d, w, libc::EACCES),
-        ];
-        let got = access_as_other_user(&checks.map(|(p, m, _)| (p, m)));
-        for ((p, m, want), got) in checks.iter().zip(&got) {
-            assert_eq!(got, want, "{t}: access({p:?}, {m:#o}) as uid 1000");
-        }
-        assert_eq!(got.len(), checks.len(), "{t}: child answered every check");
-        // Root still reads everything.
-        assert_eq!(read(t, &secret), b"s", "{t}");
     }
 }
 
