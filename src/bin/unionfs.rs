@@ -11,6 +11,7 @@
 //!
 //! Invoked without a subcommand (`unionfs -o lowerdir=A TARGET`, as mount(8) calls helpers) or
 //! under the name `fuse-overlayfs`, it behaves as `unionfs mount`.
+#![deny(unsafe_code)]
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -220,7 +221,7 @@ fn mount(args: MountArgs) -> Result<()> {
     };
     let log = open_log(&log_path)?;
     init_logging(None, false);
-    detach(&cfg, &mnt, &log, &log_path)
+    detach(&cfg, &mnt, log, &log_path)
 }
 
 fn mount_fs(cfg: &MountConfig, mnt: &Path) -> Result<Mounted> {
@@ -228,7 +229,8 @@ fn mount_fs(cfg: &MountConfig, mnt: &Path) -> Result<Mounted> {
     // requests; a second mask from the daemon's own umask would be wrong (fuse-overlayfs does
     // the same).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-    unionfs::fs::mount(cfg, mnt).with_context(|| format!("cannot mount on {}", mnt.display()))
+    // The library's errors already name the path that failed.
+    unionfs::fs::mount(cfg, mnt).context("mount failed")
 }
 
 /// Serves until unmounted; a dedicated thread turns termination signals into an unmount.
@@ -264,7 +266,7 @@ fn watch_signals(signals: SigSet, mut unmounter: Unmounter) {
 
 /// Double-forks the daemon and waits for its report: `+` once mounted, `-` and the error text
 /// otherwise, nothing if it died first.
-fn detach(cfg: &MountConfig, mnt: &Path, log: &File, log_path: &Path) -> Result<()> {
+fn detach(cfg: &MountConfig, mnt: &Path, log: File, log_path: &Path) -> Result<()> {
     let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
     match process::fork().context("cannot start the daemon")? {
         Fork::Parent(child) => {
@@ -304,12 +306,8 @@ fn detach(cfg: &MountConfig, mnt: &Path, log: &File, log_path: &Path) -> Result<
 }
 
 /// The detached daemon: releases the caller's streams, mounts, reports, serves.
-fn daemon(cfg: &MountConfig, mnt: &Path, log: &File, mut ready: File) -> i32 {
-    let mounted = process::detach_stdio(log)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| Ok(process::block_signals(&TERMINATING)?))
-        .and_then(|signals| Ok((mount_fs(cfg, mnt)?, signals)));
-    let (mounted, signals) = match mounted {
+fn daemon(cfg: &MountConfig, mnt: &Path, log: File, mut ready: File) -> i32 {
+    let (mounted, signals) = match daemon_setup(cfg, mnt, log) {
         Ok(m) => m,
         Err(err) => {
             tracing::error!(mountpoint = %mnt.display(), "{err:#}");
@@ -327,6 +325,14 @@ fn daemon(cfg: &MountConfig, mnt: &Path, log: &File, mut ready: File) -> i32 {
             1
         }
     }
+}
+
+fn daemon_setup(cfg: &MountConfig, mnt: &Path, log: File) -> Result<(Mounted, SigSet)> {
+    process::detach_stdio(&log)?;
+    // stdout and stderr now hold the log open; the original descriptor is not needed.
+    drop(log);
+    let signals = process::block_signals(&TERMINATING)?;
+    Ok((mount_fs(cfg, mnt)?, signals))
 }
 
 /// Installs the tracing subscriber: `RUST_LOG` (default `warn`) to `file` or to stderr (which
