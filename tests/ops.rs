@@ -7,6 +7,8 @@
 
 mod common;
 
+#[path = "ops/edges.rs"]
+mod edges;
 #[path = "ops/harness.rs"]
 mod harness;
 #[path = "ops/inodes.rs"]
