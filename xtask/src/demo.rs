@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: builds unionfs, mounts a small example stack it generates under
 //! `target/demo/`, and walks through what a union mount does: the merged view (with both
-//! whiteout formats and an opaque directory), a copy-up, and a delete that leaves a whiteout in
-//! the upper layer.
+//! whiteout formats and an opaque directory), a copy-up that keeps a hard link, a delete that
+//! leaves a whiteout in the upper layer, and a directory rename recorded as a redirect.
 //!
 //! The demo checks what it shows and fails loudly when the filesystem disagrees, so it doubles
 //! as a smoke test. It must never leave a mount behind: a guard unmounts on every exit path,
@@ -19,12 +19,16 @@ use std::time::{Duration, Instant};
 
 use crate::host::{self, Context, Error, Result};
 
-const PHASES: usize = 7;
+const PHASES: usize = 9;
 
-/// The file the demo appends to (from `base`) and the one it deletes (also from `base`).
+/// The file the demo appends to (from `base`), its hard link, the file it deletes (also from
+/// `base`), and the directory it renames (merged from all three layers).
 const APPENDED: &str = "home/user/notes.txt";
+const APPENDED_LINK: &str = "home/user/notes.link";
 const APPENDED_LINE: &str = "second line, appended through the mount\n";
 const DELETED: &str = "etc/hostname";
+const RENAMED_FROM: &str = "usr/share/doc";
+const RENAMED_TO: &str = "usr/share/docs";
 
 /// The demo's directories: the lower layers, `upper/`, `work/` and the mount point `merged/`.
 struct Dirs {
@@ -79,11 +83,16 @@ pub fn run() -> Result<ExitCode> {
     host::phase(5, PHASES, "the merged view");
     show_merged(&dirs)?;
 
-    host::phase(6, PHASES, "copy-up and delete through the mount");
+    host::phase(6, PHASES, "copy-up: append to a lower file");
     copy_up(&dirs)?;
+
+    host::phase(7, PHASES, "delete: rm a lower file");
     delete(&dirs)?;
 
-    host::phase(7, PHASES, "unmounting");
+    host::phase(8, PHASES, "rename: mv a lower directory");
+    rename_dir(&dirs)?;
+
+    host::phase(9, PHASES, "unmounting");
     mount.unmount()?;
     println!("\nupper/ keeps the changes after unmounting:");
     show::tree(&dirs.upper)?;
@@ -310,7 +319,21 @@ fn copy_up(dirs: &Dirs) -> Result<()> {
              {merged_text:?}, base has {base_text:?}"
         )));
     }
-    println!("copied up: upper/ has the new version, base/ is unchanged\n");
+    println!("copied up: upper/ has the new version, base/ is unchanged");
+
+    let link = dirs.merged.join(APPENDED_LINK);
+    let link_text = fs::read_to_string(&link).unwrap_or_default();
+    let same_inode = match (fs::metadata(&merged), fs::metadata(&link)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino(),
+        _ => false,
+    };
+    if link_text != want || !same_inode {
+        return Err(Error::Unexpected(format!(
+            "the hard link {APPENDED_LINK} came apart from {APPENDED} on copy-up \
+             (same inode: {same_inode}, content {link_text:?})"
+        )));
+    }
+    println!("{APPENDED_LINK}, a hard link to it, shows the new line too and keeps the inode");
     Ok(())
 }
 
@@ -327,7 +350,6 @@ fn delete(dirs: &Dirs) -> Result<()> {
         .is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0);
     println!("upper/ now:");
     show::tree(&dirs.upper)?;
-    show_overlay_xattrs(dirs);
     if !is_whiteout {
         return Err(Error::Unexpected(format!(
             "upper/{DELETED} is not a character device 0/0 whiteout"
@@ -335,6 +357,55 @@ fn delete(dirs: &Dirs) -> Result<()> {
     }
     println!("deleted: {DELETED} is gone from merged/, upper/{DELETED} is a 0/0 whiteout");
     Ok(())
+}
+
+/// Renames a directory that comes from the lower layers: no `EXDEV`, and the upper copy
+/// carries a `trusted.overlay.redirect` to where it came from (overlayfs.rst, "Redirect dir"),
+/// so that what the lower layers had under the old name, and hid there, still shows and hides.
+fn rename_dir(dirs: &Dirs) -> Result<()> {
+    let from = dirs.merged.join(RENAMED_FROM);
+    let to = dirs.merged.join(RENAMED_TO);
+    println!("mv {RENAMED_FROM} {RENAMED_TO} (a directory merged from all three layers)");
+    fs::rename(&from, &to).context(|| format!("rename {} to {}", from.display(), to.display()))?;
+    show::tree(&to)?;
+    println!("upper/ now:");
+    show::tree(&dirs.upper)?;
+    show_overlay_xattrs(dirs);
+
+    let mut problems = Vec::new();
+    if fs::symlink_metadata(&from).is_ok() {
+        problems.push(format!("{RENAMED_FROM} still shows"));
+    }
+    if fs::symlink_metadata(to.join("changelog")).is_err() {
+        problems.push(format!("{RENAMED_TO}/changelog (from mid) is missing"));
+    }
+    if fs::symlink_metadata(to.join("readme")).is_ok() {
+        problems.push(format!("{RENAMED_TO}/readme shows, but top whited it out"));
+    }
+    let redirect = read_xattr(&dirs.upper.join(RENAMED_TO), "trusted.overlay.redirect");
+    if redirect.as_deref() != Some(b"doc".as_slice()) {
+        problems.push(format!(
+            "upper/{RENAMED_TO} has no trusted.overlay.redirect=\"doc\" ({redirect:?})"
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(Error::Unexpected(format!(
+            "directory rename went wrong:\n  {}",
+            problems.join("\n  ")
+        )));
+    }
+    println!("renamed: upper/{RENAMED_TO} redirects to \"doc\"; its lower content follows it");
+    Ok(())
+}
+
+/// One xattr's raw value, read with getfattr (std has no xattr calls); `None` if absent.
+fn read_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let out = Command::new("getfattr")
+        .args(["--only-values", "-h", "-n", name])
+        .arg(path)
+        .output()
+        .ok()?;
+    out.status.success().then_some(out.stdout)
 }
 
 /// Prints the `trusted.overlay.*` xattrs unionfs wrote in `upper/` (origin, opaque, redirect

@@ -18,6 +18,8 @@ pub enum Entry {
     Dir(&'static str),
     File(&'static str, &'static str),
     Executable(&'static str, &'static str),
+    /// A hard link at the first path to the (earlier) second one.
+    HardLink(&'static str, &'static str),
     /// Overlay whiteout: a character device 0/0 (kernel Documentation/filesystems/overlayfs.rst,
     /// "whiteouts and opaque directories").
     CharDevWhiteout(&'static str),
@@ -60,7 +62,7 @@ pub const LAYERS: &[Layer] = &[
     },
     Layer {
         name: "base",
-        about: "plain tree",
+        about: "plain tree; home/user/notes.link is a hard link to notes.txt",
         entries: &[
             File(
                 "etc/os-release",
@@ -74,6 +76,7 @@ pub const LAYERS: &[Layer] = &[
             ),
             File("usr/share/doc/readme", "readme from base (hidden by top)\n"),
             File("home/user/notes.txt", "first line, from base\n"),
+            HardLink("home/user/notes.link", "home/user/notes.txt"),
             Dir("var/cache/junk/old"),
             File(
                 "var/cache/junk/stale.tmp",
@@ -90,6 +93,7 @@ pub const EXPECTED_PRESENT: &[&str] = &[
     "bin/hello",
     "usr/share/doc/changelog",
     "home/user/notes.txt",
+    "home/user/notes.link",
     "var/cache/fresh",
 ];
 
@@ -118,7 +122,7 @@ pub fn create(root: &Path) -> Result<()> {
 
 fn create_entry(layer: &Path, entry: &Entry) -> Result<()> {
     let rel = match entry {
-        Dir(p) | File(p, _) | Executable(p, _) | CharDevWhiteout(p) => p,
+        Dir(p) | File(p, _) | Executable(p, _) | HardLink(p, _) | CharDevWhiteout(p) => p,
     };
     let path = layer.join(rel);
     let parent = path.parent().expect("entries are below the layer root");
@@ -130,6 +134,11 @@ fn create_entry(layer: &Path, entry: &Entry) -> Result<()> {
             fs::write(&path, text).context(|| format!("write {}", path.display()))?;
             fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
                 .context(|| format!("chmod 755 {}", path.display()))
+        }
+        HardLink(_, target) => {
+            let target = layer.join(target);
+            fs::hard_link(&target, &path)
+                .context(|| format!("link {} to {}", path.display(), target.display()))
         }
         CharDevWhiteout(_) => {
             // std has no mknod; the command keeps xtask free of libc.
