@@ -13,8 +13,8 @@ use crate::host::{self, Result};
 
 const PHASES: usize = 3;
 
-/// Runs the whole suite; `extra` is appended to `cargo test --workspace` (filters, `--`
-/// and test-binary flags such as `--nocapture`).
+/// Runs the whole suite; `extra` is appended to `cargo test --workspace --no-fail-fast`
+/// (filters, `--` and test-binary flags such as `--nocapture`).
 pub fn run(extra: &[OsString]) -> Result<ExitCode> {
     host::phase(1, PHASES, "checking the host can mount");
     host::require_mount_rights()?;
@@ -27,7 +27,8 @@ pub fn run(extra: &[OsString]) -> Result<ExitCode> {
     let mut cmd = host::cargo();
     cmd.current_dir(host::workspace_root())
         .env("UNIONFS_STRICT", "1")
-        .args(["test", "--workspace"])
+        // Every test binary runs even after one fails, so one CI log lists every failure.
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(extra);
     let status = host::status(&mut cmd)?;
     if status.success() {
