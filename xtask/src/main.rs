@@ -20,9 +20,10 @@ usage: cargo xtask <task> [args...]
 
 tasks:
   demo          build unionfs, mount a generated example stack under target/demo/ and show
-                what the merged view, a copy-up and a delete look like (needs root, /dev/fuse)
-  test [args]   install what the tests need, then run `cargo test --workspace --no-fail-fast [args]` with
-                UNIONFS_STRICT=1 so that tests which cannot mount fail instead of skipping
+                the merged view, a copy-up, a delete and a directory rename (root, /dev/fuse)
+  test [args]   install what the tests need, then run
+                `cargo test --workspace --no-fail-fast [args]` with UNIONFS_STRICT=1,
+                so that tests which cannot mount fail instead of skipping
   help          print this message";
 
 fn main() -> ExitCode {
