@@ -14,6 +14,8 @@
 //! copy instead (must pass: proves the snapshots are deterministic). `UNIONFS_DIFF_CASES` sets
 //! the number of generated sequences (default 48), `UNIONFS_DIFF_SHRINK` the shrink iterations
 //! on failure (default 64), `UNIONFS_DIFF_TIMEOUT` the seconds one run may take (default 120).
+//! `UNIONFS_DIFF_KEEP_GOING=1` does not stop at the first failing sequence: it minimizes and
+//! prints every one (to find several distinct bugs in one run) and fails at the end.
 
 mod common;
 
@@ -51,17 +53,48 @@ fn generated_sequences_match_kernel() {
         failure_persistence: Some(Box::new(FileFailurePersistence::Off)),
         ..Config::default()
     };
+    let keep_going = std::env::var_os("UNIONFS_DIFF_KEEP_GOING").is_some_and(|v| v == "1");
     let passed = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
     proptest::proptest!(config, |(ops in ops::sequence())| {
-        if let Err(report) = runner::check(&ops) {
-            return Err(TestCaseError::fail(report));
+        match runner::check(&ops) {
+            Ok(()) => {
+                passed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(report) if keep_going => {
+                failed.fetch_add(1, Ordering::Relaxed);
+                let (small, report) = minimize(ops, report);
+                eprintln!("differential: failing sequence, minimized to {small:?}{report}");
+            }
+            Err(report) => return Err(TestCaseError::fail(report)),
         }
-        passed.fetch_add(1, Ordering::Relaxed);
     });
     eprintln!(
         "differential: {} generated sequences passed",
         passed.load(Ordering::Relaxed)
     );
+    let failed = failed.load(Ordering::Relaxed);
+    assert_eq!(
+        failed, 0,
+        "{failed} generated sequences failed (reports above)"
+    );
+}
+
+/// For `UNIONFS_DIFF_KEEP_GOING=1`, where proptest's shrinking is not used: drops operations
+/// one at a time, from the end, while the sequence still fails. Returns the smaller sequence
+/// and its report.
+fn minimize(mut ops: Vec<Op>, mut report: String) -> (Vec<Op>, String) {
+    let mut i = ops.len();
+    while i > 0 && ops.len() > 1 {
+        i -= 1;
+        let mut fewer = ops.clone();
+        fewer.remove(i);
+        if let Err(r) = runner::check(&fewer) {
+            ops = fewer;
+            report = r;
+        }
+    }
+    (ops, report)
 }
 
 /// Declares a hand-written case: a `#[test]` that skips where it cannot mount.
