@@ -13,6 +13,7 @@
 mod copy;
 
 use std::ffi::{OsStr, OsString};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -104,8 +105,11 @@ impl Upper {
         if staging.exists() {
             std::fs::remove_dir_all(&staging).map_err(|e| wd(&staging, e))?;
         }
-        std::fs::create_dir_all(&staging).map_err(|e| wd(&staging, e))?;
-        std::fs::create_dir_all(&index).map_err(|e| wd(&index, e))?;
+        // Private: staged copies may hold data their final mode would not let others read.
+        let mut private = std::fs::DirBuilder::new();
+        private.recursive(true).mode(0o700);
+        private.create(&staging).map_err(|e| wd(&staging, e))?;
+        private.create(&index).map_err(|e| wd(&index, e))?;
         Ok(Upper {
             root: upper.to_path_buf(),
             staging,
@@ -198,9 +202,7 @@ impl Upper {
         origin: u64,
         truncate: bool,
     ) -> Result<()> {
-        let indexed = !is_dir(&src.st)
-            && src.st.st_nlink > 1
-            && layer_index::file_type(&src.st) == nix::sys::stat::SFlag::S_IFREG;
+        let indexed = !is_dir(&src.st) && src.st.st_nlink > 1;
         if indexed {
             let idx = self.index_path(origin);
             if layer_index::lstat(&idx).is_err() {

@@ -320,10 +320,11 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(dir) = self.handles.dir(fh.0) else {
-            return reply.error(err(Errno::EBADF));
+        let entries = match self.do_readdir(fh.0, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(err(e)),
         };
-        for (i, e) in dir.entries.iter().enumerate().skip(offset as usize) {
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind, &e.name) {
                 break;
             }

@@ -53,7 +53,9 @@ impl UnionFs {
         up.copy_up_dir(rel, &src, &l.st, ino).map_err(|e| {
             tracing::warn!(error = %e, path = %rel.display(), "directory copy-up failed");
             e.errno()
-        })
+        })?;
+        self.invalidate_attr(ino);
+        Ok(())
     }
 
     /// Copies `node` (at its current path) up. With `truncate` a regular file's data is not

@@ -8,6 +8,7 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType};
@@ -54,6 +55,9 @@ pub struct UnionFs {
     pub(super) ns: RwLock<()>,
     pub(super) table: Mutex<Table>,
     pub(super) handles: Handles,
+    /// Tells the kernel to drop cached attributes that a change has made stale.
+    /// Set once the session exists (the filesystem is built before it).
+    pub(crate) notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 pub fn errno_of(e: std::io::Error) -> Errno {
@@ -99,7 +103,19 @@ impl UnionFs {
             ns: RwLock::new(()),
             table: Mutex::new(table),
             handles: Handles::default(),
+            notifier: Arc::default(),
         })
+    }
+
+    /// Drops the kernel's cached attributes of `ino`, whose merged attributes changed as a
+    /// side effect (a directory copied up reports another link count).
+    pub(super) fn invalidate_attr(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            // ENOENT: the kernel does not know the inode, so it caches nothing of it.
+            if let Err(e) = n.inval_inode(fuser::INodeNo(ino), -1, 0) {
+                tracing::trace!(ino, error = %e, "attribute invalidation not delivered");
+            }
+        }
     }
 
     pub(super) fn node(&self, ino: u64) -> Res<Node> {
@@ -163,7 +179,9 @@ impl UnionFs {
             if merged {
                 nlink = 1;
             }
-        } else if !backing.is_lower() && nlink > 1 {
+        } else if matches!(backing, Backing::Index(_)) || (!backing.is_lower() && nlink > 1) {
+            // An indexed copy counts the merged names itself (an upper name of it has at least
+            // two real links: itself and the index entry).
             if let Some(n) = self
                 .upper
                 .as_ref()
@@ -269,6 +287,23 @@ impl UnionFs {
 
     /// Takes the merged listing of directory `ino` for a new directory handle.
     pub fn do_opendir(&self, ino: u64) -> Res<u64> {
+        let entries = self.listing(ino)?;
+        Ok(self.handles.add_dir(ino, entries))
+    }
+
+    /// The entries of directory handle `fh` from `offset` on. Reading from offset 0 again
+    /// takes a new listing, so a rewound directory shows its current entries.
+    pub fn do_readdir(&self, fh: u64, offset: u64) -> Res<Arc<Vec<DirEntry>>> {
+        let h = self.handles.dir(fh).ok_or(Errno::EBADF)?;
+        let fresh = std::mem::replace(&mut *h.fresh.write(), false);
+        if offset == 0 && !fresh {
+            *h.entries.write() = Arc::new(self.listing(h.ino)?);
+        }
+        let entries = h.entries.read().clone();
+        Ok(entries)
+    }
+
+    fn listing(&self, ino: u64) -> Res<Vec<DirEntry>> {
         let _ns = self.ns.read();
         let node = self.node(ino)?;
         let view = self.dir_view(ino)?;
@@ -292,7 +327,7 @@ impl UnionFs {
                 name: e.name,
             });
         }
-        Ok(self.handles.add_dir(entries))
+        Ok(entries)
     }
 
     pub fn do_statfs(&self) -> Res<nix::sys::statvfs::Statvfs> {

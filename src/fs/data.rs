@@ -241,9 +241,20 @@ impl UnionFs {
         }
         let _ns = self.ns.write();
         let node = self.node(ino)?;
-        self.copy_up(&node, false)?;
-        let (b, _) = self.backing(&node)?;
+        let b = self.xattr_target(&node)?;
         xattr::set(b.path(), name, value, flags)
+    }
+
+    /// Where an xattr change goes: the upper copy, made now if needed. An indexed hard link
+    /// takes it on its index copy without its name being copied up (overlayfs's
+    /// ovl_xattr_set writes to the inode's upper, unlike setattr).
+    fn xattr_target(&self, node: &super::inode::Node) -> Res<super::core::Backing> {
+        let (b, _) = self.backing(node)?;
+        if !b.is_lower() {
+            return Ok(b);
+        }
+        self.copy_up(node, false)?;
+        Ok(self.backing(node)?.0)
     }
 
     pub fn do_removexattr(&self, ino: u64, name: &OsStr) -> Res<()> {
@@ -255,8 +266,7 @@ impl UnionFs {
         if xattr::get(self.backing(&node)?.0.path(), name)?.is_none() {
             return Err(Errno::ENODATA);
         }
-        self.copy_up(&node, false)?;
-        let (b, _) = self.backing(&node)?;
+        let b = self.xattr_target(&node)?;
         xattr::remove(b.path(), name)
     }
 }

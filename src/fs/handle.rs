@@ -38,7 +38,11 @@ pub struct DirEntry {
 
 #[derive(Debug)]
 pub struct DirHandle {
-    pub entries: Vec<DirEntry>,
+    pub ino: u64,
+    /// The listing; retaken when the directory is read from the start again (rewinddir).
+    pub entries: RwLock<Arc<Vec<DirEntry>>>,
+    /// Whether `entries` was taken by opendir and not read yet.
+    pub fresh: RwLock<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -82,9 +86,14 @@ impl Handles {
             .collect()
     }
 
-    pub fn add_dir(&self, entries: Vec<DirEntry>) -> u64 {
+    pub fn add_dir(&self, ino: u64, entries: Vec<DirEntry>) -> u64 {
         let fh = self.next();
-        self.dirs.lock().insert(fh, Arc::new(DirHandle { entries }));
+        let h = DirHandle {
+            ino,
+            entries: RwLock::new(Arc::new(entries)),
+            fresh: RwLock::new(true),
+        };
+        self.dirs.lock().insert(fh, Arc::new(h));
         fh
     }
 

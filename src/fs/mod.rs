@@ -92,6 +92,7 @@ pub fn build(cfg: &MountConfig) -> Result<UnionFs, Error> {
 /// Mounts the union described by `cfg` on `mountpoint`. Returns once the mount is live.
 pub fn mount(cfg: &MountConfig, mountpoint: &Path) -> Result<Mounted, Error> {
     let fs = build(cfg)?;
+    let notifier_slot = fs.notifier.clone();
     // Objects are created with exactly the mode the caller asked for (the kernel has applied
     // the caller's umask already).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
@@ -122,6 +123,7 @@ pub fn mount(cfg: &MountConfig, mountpoint: &Path) -> Result<Mounted, Error> {
         path: mountpoint.to_path_buf(),
         source,
     })?;
+    let _ = notifier_slot.set(session.notifier());
     Ok(Mounted { session })
 }
 

@@ -199,13 +199,8 @@ impl UnionFs {
         let positive = self.layers.lower_positive(&pview, name)?;
         let view = self.copy_up_dir_path(&pview.path)?;
         let rel = view.path.join(name);
-        // An indexed hard link counts its merged names itself.
         let node = self.node_from(parent, &pview, name, &r);
-        if let Ok((b, _)) = self.backing(&node) {
-            if !b.is_lower() {
-                up.adjust_nlink(b.path(), -1)?;
-            }
-        }
+        self.drop_link(&node)?;
         if positive {
             up.whiteout(&rel).map_err(|e| e.errno())?;
         } else {
@@ -238,6 +233,21 @@ impl UnionFs {
             std::fs::remove_dir_all(&tmp).map_err(errno_of)?;
         }
         self.table.lock().remove_alias(ino, &rel);
+        Ok(())
+    }
+
+    /// Counts one name less for a non-directory about to be removed or replaced. A lower file
+    /// with several links is copied up first (into the index, as overlayfs's
+    /// `ovl_nlink_start` does), so that the count of its remaining names is kept there.
+    fn drop_link(&self, node: &super::inode::Node) -> Res<()> {
+        let up = self.upper()?;
+        if node.lower.as_ref().is_some_and(|l| l.st.st_nlink > 1) {
+            self.copy_up(node, false)?;
+        }
+        let (b, _) = self.backing(node)?;
+        if !b.is_lower() {
+            up.adjust_nlink(b.path(), -1)?;
+        }
         Ok(())
     }
 
@@ -309,12 +319,7 @@ impl UnionFs {
             self.mark_moved_dir(&new_rel, n2, samedir, !r2.lower_dirs.is_empty(), &v1)?;
         }
         if !exchange && r2.exists() && !new_dir {
-            let target = self.node_from(p2, &v2, n2, &r2);
-            if let Ok((b, _)) = self.backing(&target) {
-                if !b.is_lower() {
-                    up.adjust_nlink(b.path(), -1)?;
-                }
-            }
+            self.drop_link(&self.node_from(p2, &v2, n2, &r2))?;
         }
 
         if exchange {
