@@ -83,9 +83,9 @@ impl Filesystem for UnionFs {
         self.do_forget(ino.0, nlookup)
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _s = tracing::trace_span!("getattr", ino = ino.0).entered();
-        match self.do_getattr(ino.0) {
+        match self.do_getattr(ino.0, fh.map(|f| f.0)) {
             Ok(attr) => reply.attr(&super::core::TTL, &attr),
             Err(e) => reply.error(err(e)),
         }

@@ -147,6 +147,10 @@ impl UnionFs {
 
     /// Where `node`'s object lives now, and its attributes there.
     pub(super) fn backing(&self, node: &Node) -> Res<(Backing, FileStat)> {
+        if node.aliases.is_empty() {
+            // Unlinked while open: only its file handles reach it now.
+            return Err(Errno::ENOENT);
+        }
         if let Some(st) = self.upper_stat(node.path())? {
             if let Some(up) = &self.upper {
                 return Ok((Backing::Upper(up.path(node.path())), st));
@@ -271,10 +275,21 @@ impl UnionFs {
         self.table.lock().forget(ino, n);
     }
 
-    pub fn do_getattr(&self, ino: u64) -> Res<FileAttr> {
+    pub fn do_getattr(&self, ino: u64, fh: Option<u64>) -> Res<FileAttr> {
         let _ns = self.ns.read();
         let node = self.node(ino)?;
+        if node.aliases.is_empty() {
+            return self.handle_attr(&node, fh);
+        }
         self.node_attr(&node)
+    }
+
+    /// Attributes of an unlinked node, read through one of its open handles (the kernel does
+    /// not always say which: fstat(2) arrives without one).
+    pub(super) fn handle_attr(&self, node: &Node, fh: Option<u64>) -> Res<FileAttr> {
+        let h = self.handles.file_of(node.ino, fh).ok_or(Errno::ENOENT)?;
+        let st = nix::sys::stat::fstat(h.file().as_ref())?;
+        Ok(self.attr(node, &Backing::Lower(PathBuf::new()), &st))
     }
 
     pub fn do_readlink(&self, ino: u64) -> Res<Vec<u8>> {

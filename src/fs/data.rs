@@ -170,6 +170,9 @@ impl UnionFs {
     pub fn do_setattr(&self, ino: u64, a: SetAttr) -> Res<FileAttr> {
         let _ns = self.ns.write();
         let node = self.node(ino)?;
+        if node.aliases.is_empty() {
+            return self.setattr_unlinked(&node, a);
+        }
         self.copy_up(&node, a.size == Some(0))?;
         let (b, st) = self.backing(&node)?;
         let path = b.path();
@@ -210,6 +213,32 @@ impl UnionFs {
             )?;
         }
         self.node_attr(&node)
+    }
+
+    /// setattr on a file unlinked while open: through its (upper) handle.
+    fn setattr_unlinked(&self, node: &super::inode::Node, a: SetAttr) -> Res<FileAttr> {
+        let h = self.handles.file_of(node.ino, a.fh).ok_or(Errno::ENOENT)?;
+        if *h.on_lower.read() {
+            return Err(Errno::EROFS);
+        }
+        let f = h.file();
+        if a.uid.is_some() || a.gid.is_some() {
+            nix::unistd::fchown(
+                f.as_fd(),
+                a.uid.map(Uid::from_raw),
+                a.gid.map(Gid::from_raw),
+            )?;
+        }
+        if let Some(mode) = a.mode {
+            nix::sys::stat::fchmod(f.as_fd(), Mode::from_bits_truncate(mode & 0o7777))?;
+        }
+        if let Some(size) = a.size {
+            f.set_len(size).map_err(errno_of)?;
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            nix::sys::stat::futimens(f.as_fd(), &timespec(a.atime), &timespec(a.mtime))?;
+        }
+        self.handle_attr(node, a.fh)
     }
 
     pub fn do_getxattr(&self, ino: u64, name: &OsStr) -> Res<Vec<u8>> {

@@ -76,6 +76,15 @@ impl Handles {
         self.files.lock().remove(&fh)
     }
 
+    /// Some open handle of `ino`, preferring `fh`.
+    pub fn file_of(&self, ino: u64, fh: Option<u64>) -> Option<Arc<FileHandle>> {
+        let files = self.files.lock();
+        fh.and_then(|fh| files.get(&fh))
+            .filter(|h| h.ino == ino)
+            .or_else(|| files.values().find(|h| h.ino == ino))
+            .cloned()
+    }
+
     /// Handles of `ino` still reading from the lower layer.
     pub fn lower_handles_of(&self, ino: u64) -> Vec<Arc<FileHandle>> {
         self.files

@@ -49,15 +49,31 @@ pub enum Error {
 /// A live mount; [`Mounted::run`] serves it until it is unmounted.
 pub struct Mounted {
     session: fuser::Session<UnionFs>,
+    unmount: UnmountBy,
+}
+
+#[derive(Clone)]
+enum UnmountBy {
+    /// We mounted with mount(2) and unmount the same way, only when asked to: the daemon never
+    /// unmounts a path on its own, so it cannot take down a newer mount on the same path after
+    /// an external umount.
+    Path(PathBuf),
+    /// Unprivileged: fuser mounted through fusermount3 and unmounts through it.
+    Fuser(std::sync::Arc<parking_lot::Mutex<fuser::SessionUnmounter>>),
 }
 
 /// Unmounts a [`Mounted`] from another thread (e.g. on SIGTERM).
-pub struct Unmounter(fuser::SessionUnmounter);
+pub struct Unmounter(UnmountBy);
 
 impl Unmounter {
     /// Unmounts; `run` then returns.
     pub fn unmount(&mut self) -> std::io::Result<()> {
-        self.0.unmount()
+        match &self.0 {
+            UnmountBy::Path(p) => {
+                nix::mount::umount2(p, nix::mount::MntFlags::empty()).map_err(std::io::Error::from)
+            }
+            UnmountBy::Fuser(u) => u.lock().unmount(),
+        }
     }
 }
 
@@ -96,41 +112,87 @@ pub fn mount(cfg: &MountConfig, mountpoint: &Path) -> Result<Mounted, Error> {
     // Objects are created with exactly the mode the caller asked for (the kernel has applied
     // the caller's umask already).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-    let mut options = vec![
-        MountOption::FSName("unionfs".into()),
-        MountOption::Subtype("unionfs".into()),
-        MountOption::DefaultPermissions,
-        MountOption::Suid,
-        MountOption::Dev,
-    ];
-    if cfg.upper.is_none() {
-        options.push(MountOption::RO);
-    }
     let mut config = Config::default();
-    config.mount_options = options;
-    config.acl = if nix::unistd::geteuid().is_root() {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
     config.n_threads = Some(
         std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(2, 8),
     );
     config.clone_fd = true;
-    let session = fuser::Session::new(fs, mountpoint, &config).map_err(|source| Error::Mount {
+    let mount_err = |source| Error::Mount {
         path: mountpoint.to_path_buf(),
         source,
-    })?;
+    };
+    let read_only = cfg.upper.is_none();
+    if nix::unistd::geteuid().is_root() {
+        let dev = kernel_mount(mountpoint, read_only).map_err(mount_err)?;
+        let session = fuser::Session::from_fd(fs, dev, SessionACL::All, config);
+        let session = match session {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
+                return Err(mount_err(e));
+            }
+        };
+        let _ = notifier_slot.set(session.notifier());
+        let unmount = UnmountBy::Path(mountpoint.to_path_buf());
+        return Ok(Mounted { session, unmount });
+    }
+    let mut options = vec![
+        MountOption::FSName("unionfs".into()),
+        MountOption::Subtype("unionfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if read_only {
+        options.push(MountOption::RO);
+    }
+    config.mount_options = options;
+    config.acl = SessionACL::Owner;
+    let mut session = fuser::Session::new(fs, mountpoint, &config).map_err(mount_err)?;
     let _ = notifier_slot.set(session.notifier());
-    Ok(Mounted { session })
+    let unmounter = session.unmount_callable();
+    let unmount = UnmountBy::Fuser(std::sync::Arc::new(parking_lot::Mutex::new(unmounter)));
+    Ok(Mounted { session, unmount })
+}
+
+/// Mounts a FUSE filesystem on `mountpoint` with mount(2) and returns the /dev/fuse
+/// connection (see the kernel's Documentation/filesystems/fuse.rst, "Mount options").
+/// Set-id files and device nodes work, as container images need them; access is checked by
+/// the kernel against the attributes we report (`default_permissions`), for every user.
+fn kernel_mount(mountpoint: &Path, read_only: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")?;
+    let st = crate::layer_index::lstat(mountpoint)?;
+    let opts = format!(
+        "fd={},rootmode={:o},user_id={},group_id={},default_permissions,allow_other",
+        dev.as_raw_fd(),
+        st.st_mode & libc::S_IFMT,
+        nix::unistd::getuid(),
+        nix::unistd::getgid(),
+    );
+    let mut flags = nix::mount::MsFlags::empty();
+    if read_only {
+        flags |= nix::mount::MsFlags::MS_RDONLY;
+    }
+    nix::mount::mount(
+        Some("unionfs"),
+        mountpoint,
+        Some("fuse.unionfs"),
+        flags,
+        Some(opts.as_str()),
+    )?;
+    Ok(dev.into())
 }
 
 impl Mounted {
     /// A handle that unmounts this mount from another thread.
     pub fn unmounter(&mut self) -> Unmounter {
-        Unmounter(self.session.unmount_callable())
+        Unmounter(self.unmount.clone())
     }
 
     /// Serves requests until the filesystem is unmounted (by [`Unmounter`], `umount` or

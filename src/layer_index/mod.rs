@@ -164,9 +164,11 @@ fn look(dir: &Path, name: &OsStr) -> nix::Result<Seen> {
     match lstat_opt(&dir.join(name))? {
         Some(st) if whiteout::is_overlay_whiteout(&st) => Ok(Seen::Whiteout),
         Some(st) => Ok(Seen::Object(st)),
-        None => match lstat_opt(&dir.join(whiteout::aufs_whiteout_name(name)))? {
-            Some(_) => Ok(Seen::Whiteout),
-            None => Ok(Seen::Nothing),
+        None => match lstat_opt(&dir.join(whiteout::aufs_whiteout_name(name))) {
+            Ok(Some(_)) => Ok(Seen::Whiteout),
+            // No marker can exist for a name too long to carry the `.wh.` prefix.
+            Ok(None) | Err(Errno::ENAMETOOLONG) => Ok(Seen::Nothing),
+            Err(e) => Err(e),
         },
     }
 }

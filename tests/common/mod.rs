@@ -73,6 +73,11 @@ impl Stack {
         }
     }
 
+    /// Where the daemon logs: inside the test's directory, gone with it.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.path().join("unionfs.log")
+    }
+
     /// `A:B:C` for the lowers, top-most first.
     pub fn lowerdir(&self) -> OsString {
         let mut s = OsString::new();
@@ -95,6 +100,8 @@ impl Stack {
             .arg(&self.upper)
             .arg("--work")
             .arg(&self.work)
+            .arg("--log-file")
+            .arg(self.log_file())
             .arg(&self.mnt)
             .output()
             .expect("run unionfs mount");
@@ -114,6 +121,8 @@ impl Stack {
             .arg("mount")
             .arg("--lower")
             .arg(self.lowerdir())
+            .arg("--log-file")
+            .arg(self.log_file())
             .arg(&self.mnt)
             .output()
             .expect("run unionfs mount");
