@@ -31,7 +31,8 @@ mod snapshot;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ops::Op;
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError};
+use proptest::prelude::ProptestConfig;
+use proptest::test_runner::{FileFailurePersistence, TestCaseError};
 use runner::check_case;
 
 fn env_u32(name: &str, default: u32) -> u32 {
@@ -46,12 +47,12 @@ fn generated_sequences_match_kernel() {
     if !common::can_mount("generated_sequences_match_kernel") {
         return;
     }
-    let config = Config {
+    let config = ProptestConfig {
         cases: env_u32("UNIONFS_DIFF_CASES", 48),
         max_shrink_iters: env_u32("UNIONFS_DIFF_SHRINK", 64),
         // The report names the minimal sequence; no regression file beside the sources.
         failure_persistence: Some(Box::new(FileFailurePersistence::Off)),
-        ..Config::default()
+        ..ProptestConfig::default()
     };
     let keep_going = std::env::var_os("UNIONFS_DIFF_KEEP_GOING").is_some_and(|v| v == "1");
     let passed = AtomicUsize::new(0);
@@ -376,5 +377,45 @@ case!(
         Op::Rename("nd", "d2/sub/nd"),
         Op::Write { path: "d2/sub/nd/m/new", len: 100, seed: 1 },
         Op::Unlink("d2/sub/nd/m/both"),
+    ]
+);
+
+case!(
+    /// Replacing one name of a lower hard-linked file (unlink, rename over it) lowers the nlink
+    /// the other names report: overlayfs keeps the count with the index (found by the proptest).
+    unlink_lower_hardlink_updates_nlink: [
+        Op::Unlink("hl2"),
+        Op::Rename("d1/y1", "h3b"),
+    ]
+);
+
+case!(
+    /// A directory that gains an upper copy because a child is copied up becomes a merged
+    /// directory, which overlayfs reports with nlink 1 at once (found by the proptest).
+    dir_nlink_after_child_copy_up: [
+        Op::Chmod { path: "opq/new", mode: 0o600 },
+        Op::SetXattr { path: "d2/sub/y", name: "user.new", value: "" },
+    ]
+);
+
+case!(
+    /// setxattr on another name of an already copied-up lower hard link changes the shared
+    /// upper inode without linking that name into the upper directory (found by the proptest).
+    setxattr_on_alias_of_copied_up_hardlink: [
+        Op::Append { path: "hl2", len: 100, seed: 2 },
+        Op::SetXattr { path: "hl1", name: "user.new", value: "v" },
+        Op::Exchange("fifo", "h3a"),
+        Op::SetXattr { path: "d1/h3c", name: "user.new", value: "" },
+    ]
+);
+
+case!(
+    /// chown through a new hard link to a lower hard-linked file, after another name was
+    /// looked up (the failed removexattr only looks it up): only the names operated on may be
+    /// linked into the upper (found by the proptest).
+    chown_of_hardlink_links_up_only_that_name: [
+        Op::Link("hl2", "gonedir"),
+        Op::RemoveXattr { path: "hl1", name: "user.none" },
+        Op::Chown { path: "gonedir", uid: 1001, gid: 0 },
     ]
 );
