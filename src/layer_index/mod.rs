@@ -447,3 +447,6 @@ fn read_names(dir: &Path) -> nix::Result<Vec<OsString>> {
 pub fn file_type(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,198 @@
+//! Resolution and listing over small layer stacks built in a temporary directory. AUFS-format
+//! markers and `user.` xattrs need no privilege, so these run anywhere.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// One fixture line: in layer `layer` ("upper", "l0" top-most lower, "l1", …) create `path`.
+enum Kind {
+    Dir,
+    File(&'static str),
+    /// AUFS whiteout hiding `path`.
+    Wh,
+    /// AUFS opaque marker in directory `path`.
+    Opq,
+    /// `user.overlay.redirect` on directory `path`.
+    Redirect(&'static str),
+}
+use Kind::*;
+
+struct Stack {
+    _dir: tempfile::TempDir,
+    layers: Layers,
+}
+
+fn build(n_lowers: usize, lines: &[(&str, &str, Kind)]) -> Stack {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = |l: &str| dir.path().join(l);
+    for l in std::iter::once("upper".to_string()).chain((0..n_lowers).map(|i| format!("l{i}"))) {
+        std::fs::create_dir(root(&l)).expect("layer dir");
+    }
+    for (layer, path, kind) in lines {
+        let p = root(layer).join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("parent");
+        }
+        match kind {
+            Dir => std::fs::create_dir_all(&p).expect("dir"),
+            File(s) => std::fs::write(&p, s).expect("file"),
+            Wh => {
+                let name = whiteout::aufs_whiteout_name(p.file_name().expect("name"));
+                std::fs::write(p.with_file_name(name), "").expect("whiteout");
+            }
+            Opq => {
+                std::fs::create_dir_all(&p).expect("dir");
+                std::fs::write(p.join(OsStr::from_bytes(whiteout::AUFS_OPAQUE)), "")
+                    .expect("opaque marker")
+            }
+            Redirect(to) => {
+                std::fs::create_dir_all(&p).expect("dir");
+                crate::sys::xattr::set(&p, OsStr::new("user.overlay.redirect"), to.as_bytes(), 0)
+                    .expect("redirect xattr")
+            }
+        }
+    }
+    let lowers: Vec<PathBuf> = (0..n_lowers).map(|i| root(&format!("l{i}"))).collect();
+    let layers = Layers::open(Some(&root("upper")), &lowers).expect("open layers");
+    Stack { _dir: dir, layers }
+}
+
+impl Stack {
+    /// The view of merged directory `path`, resolved from the root.
+    fn view(&self, path: &str) -> DirView {
+        let (_, mut view) = self.layers.root_view().expect("root");
+        for comp in Path::new(path).components() {
+            let name = comp.as_os_str();
+            let r = self.layers.resolve(&view, name).expect("resolve");
+            assert!(r.is_dir(), "{path} is not a merged directory");
+            view = r.dir_view(view.path.join(name));
+        }
+        view
+    }
+
+    fn names(&self, dir: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .layers
+            .list(&self.view(dir))
+            .expect("list")
+            .into_iter()
+            .map(|e| e.name.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Content of merged file `path`, or None when it does not exist.
+    fn read(&self, path: &str) -> Option<String> {
+        let p = Path::new(path);
+        let dir = p.parent().map_or("", |d| d.to_str().expect("utf-8"));
+        let r = self.layers.resolve(&self.view(dir), p.file_name()?).ok()?;
+        let full = match (&r.upper, &r.lower) {
+            (Some(_), _) => self
+                .layers
+                .upper
+                .as_ref()?
+                .join(&Path::new(dir).join(p.file_name()?)),
+            (None, Some(l)) => self.layers.lowers[l.layer].join(&l.path),
+            (None, None) => return None,
+        };
+        std::fs::read_to_string(full).ok()
+    }
+}
+
+#[test]
+fn upper_hides_lower_and_whiteouts_hide_names() {
+    let s = build(
+        2,
+        &[
+            ("l1", "a", File("l1")),
+            ("l1", "b", File("l1")),
+            ("l1", "c", File("l1")),
+            ("l0", "a", File("l0")),
+            ("l0", "b", Wh),
+            ("upper", "c", File("up")),
+        ],
+    );
+    assert_eq!(s.names(""), ["a", "c"]);
+    assert_eq!(s.read("a").as_deref(), Some("l0"));
+    assert_eq!(s.read("b"), None);
+    assert_eq!(s.read("c").as_deref(), Some("up"));
+}
+
+#[test]
+fn directories_merge_until_an_opaque_one() {
+    let s = build(
+        3,
+        &[
+            ("l2", "d/deep", File("l2")),
+            ("l1", "d/mid", File("l1")),
+            ("l1", "d", Opq),
+            ("l0", "d/top", File("l0")),
+            ("upper", "d/up", File("up")),
+        ],
+    );
+    assert_eq!(
+        s.names("d"),
+        ["mid", "top", "up"],
+        "l2 is below the opaque l1"
+    );
+    assert_eq!(s.view("d").lowers.len(), 2);
+}
+
+#[test]
+fn a_non_directory_ends_the_merge_of_a_directory() {
+    let s = build(
+        2,
+        &[("l1", "d", File("file below")), ("l0", "d/x", File("x"))],
+    );
+    assert_eq!(s.names("d"), ["x"]);
+    assert_eq!(s.view("d").lowers.len(), 1);
+}
+
+#[test]
+fn markers_never_show_and_cannot_be_looked_up() {
+    let s = build(
+        1,
+        &[("l0", "d", Opq), ("l0", "d/f", File("f")), ("l0", "g", Wh)],
+    );
+    assert_eq!(s.names(""), ["d"]);
+    assert_eq!(s.names("d"), ["f"]);
+    let root = s.view("");
+    let marker = OsStr::from_bytes(b".wh.g");
+    assert!(!s.layers.resolve(&root, marker).expect("resolve").exists());
+}
+
+#[test]
+fn renamed_directories_follow_their_redirect() {
+    let s = build(
+        1,
+        &[
+            ("l0", "old/f", File("moved")),
+            ("l0", "x/deep/g", File("far")),
+            ("upper", "new", Redirect("old")),
+            ("upper", "new2", Redirect("/x/deep")),
+            ("upper", "old", Wh),
+        ],
+    );
+    assert_eq!(s.names(""), ["new", "new2", "x"]);
+    assert_eq!(s.read("new/f").as_deref(), Some("moved"));
+    assert_eq!(s.read("new2/g").as_deref(), Some("far"));
+}
+
+#[test]
+fn lower_positive_is_the_top_most_lower_entry() {
+    let s = build(
+        2,
+        &[
+            ("l1", "a", File("a")),
+            ("l0", "a", Wh),
+            ("l1", "b", File("b")),
+        ],
+    );
+    let root = s.view("");
+    assert!(!s.layers.lower_positive(&root, OsStr::new("a")).expect("a"));
+    assert!(s.layers.lower_positive(&root, OsStr::new("b")).expect("b"));
+    assert!(!s.layers.lower_positive(&root, OsStr::new("c")).expect("c"));
+}
