@@ -1,0 +1,506 @@
+//! Validation: every check that can be made before anything is mounted, so that a bad path
+//! never leaves a half-made mount behind.
+//!
+//! [`MountConfig::validate`] reads the machine's state only through the small [`Host`] trait
+//! ([`RealHost`] is the running machine), so tests fake `/dev/fuse`, devices and the mount
+//! table. Each failing check has its own [`ConfigError`] variant naming the [`Role`] and path.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::mountinfo::find_mount;
+use super::MountConfig;
+
+/// What a path stands for in a mount, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Lower layer, 0 = top-most.
+    Lower(usize),
+    Upper,
+    Work,
+    Mountpoint,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Role::Lower(i) => write!(f, "lower layer {}", i + 1),
+            Role::Upper => f.write_str("upper directory"),
+            Role::Work => f.write_str("work directory"),
+            Role::Mountpoint => f.write_str("mountpoint"),
+        }
+    }
+}
+
+/// Why a configuration cannot be mounted on a given mountpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no lower layer given")]
+    NoLowers,
+    #[error("an upper directory needs a work directory")]
+    UpperWithoutWork,
+    #[error("a work directory needs an upper directory")]
+    WorkWithoutUpper,
+    #[error("{role} {} does not exist", path.display())]
+    Missing {
+        role: Role,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot resolve {role} {}", path.display())]
+    Resolve {
+        role: Role,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{role} {} is not a directory", path.display())]
+    NotADirectory { role: Role, path: PathBuf },
+    #[error(
+        "upper directory {} and work directory {} are on different filesystems",
+        upper.display(),
+        work.display()
+    )]
+    CrossDevice { upper: PathBuf, work: PathBuf },
+    #[error("work directory {} is inside upper directory {}", work.display(), upper.display())]
+    WorkInsideUpper { upper: PathBuf, work: PathBuf },
+    #[error("upper directory {} is inside work directory {}", upper.display(), work.display())]
+    UpperInsideWork { upper: PathBuf, work: PathBuf },
+    #[error("{} is used twice, as {first} and as {second}", path.display())]
+    Duplicate {
+        path: PathBuf,
+        first: Role,
+        second: Role,
+    },
+    #[error("{inner_role} {} is inside {outer_role} {}", inner.display(), outer.display())]
+    Nested {
+        inner_role: Role,
+        inner: PathBuf,
+        outer_role: Role,
+        outer: PathBuf,
+    },
+    #[error("mountpoint {} is already in use ({fstype} is mounted there)", path.display())]
+    MountpointBusy { path: PathBuf, fstype: String },
+    #[error("cannot read the mount table (/proc/self/mountinfo)")]
+    MountTable(#[source] io::Error),
+    #[error("/dev/fuse is missing (load the fuse module: modprobe fuse)")]
+    NoFuseDevice,
+}
+
+/// The machine state validation looks at, behind a trait so tests can fake it.
+pub trait Host {
+    /// The contents of `/proc/self/mountinfo`.
+    fn mountinfo(&self) -> io::Result<Vec<u8>>;
+    /// Whether `/dev/fuse` exists.
+    fn has_fuse_device(&self) -> bool;
+    /// The device (`st_dev`) holding `path`.
+    fn device_of(&self, path: &Path) -> io::Result<u64> {
+        Ok(std::fs::metadata(path)?.dev())
+    }
+}
+
+/// The running machine.
+pub struct RealHost;
+
+impl Host for RealHost {
+    fn mountinfo(&self) -> io::Result<Vec<u8>> {
+        std::fs::read("/proc/self/mountinfo")
+    }
+    fn has_fuse_device(&self) -> bool {
+        Path::new("/dev/fuse").exists()
+    }
+}
+
+impl MountConfig {
+    /// Checks, before anything is mounted, that this configuration can be mounted on
+    /// `mountpoint`: every path exists and is a directory, upper and work share a filesystem and
+    /// do not contain each other, no layer is listed twice or lies inside another (nor the
+    /// mountpoint inside a layer or the reverse), the mountpoint is free and `/dev/fuse` exists.
+    pub fn validate(&self, mountpoint: &Path) -> Result<(), ConfigError> {
+        self.validate_on(&RealHost, mountpoint)
+    }
+
+    /// [`MountConfig::validate`] against the given machine state.
+    pub fn validate_on(&self, host: &dyn Host, mountpoint: &Path) -> Result<(), ConfigError> {
+        let (cfg, mnt) = self.canonicalize(mountpoint)?;
+        let roles = cfg.roles(&mnt);
+        if let (Some(upper), Some(work)) = (&cfg.upper, &cfg.work) {
+            check_upper_work(host, upper, work)?;
+        }
+        check_overlaps(&roles)?;
+        let table = host.mountinfo().map_err(ConfigError::MountTable)?;
+        if let Some(entry) = find_mount(&table, &mnt) {
+            return Err(ConfigError::MountpointBusy {
+                path: mnt,
+                fstype: entry.fstype,
+            });
+        }
+        if !host.has_fuse_device() {
+            return Err(ConfigError::NoFuseDevice);
+        }
+        Ok(())
+    }
+
+    /// Returns the configuration and mountpoint with every path made absolute and free of
+    /// symlinks and `..`, checking on the way that each exists and is a directory. The daemon
+    /// changes directory to `/`, so it must only ever see such paths.
+    pub fn canonicalize(&self, mountpoint: &Path) -> Result<(MountConfig, PathBuf), ConfigError> {
+        if self.lowers.is_empty() {
+            return Err(ConfigError::NoLowers);
+        }
+        match (&self.upper, &self.work) {
+            (Some(_), None) => return Err(ConfigError::UpperWithoutWork),
+            (None, Some(_)) => return Err(ConfigError::WorkWithoutUpper),
+            _ => {}
+        }
+        let lowers = self
+            .lowers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| canonical_dir(Role::Lower(i), l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let upper = self.upper.as_deref().map(|u| canonical_dir(Role::Upper, u));
+        let work = self.work.as_deref().map(|w| canonical_dir(Role::Work, w));
+        let cfg = MountConfig {
+            lowers,
+            upper: upper.transpose()?,
+            work: work.transpose()?,
+            volatile: self.volatile,
+        };
+        let mnt = canonical_dir(Role::Mountpoint, mountpoint)?;
+        Ok((cfg, mnt))
+    }
+
+    fn roles<'a>(&'a self, mountpoint: &'a Path) -> Vec<(Role, &'a Path)> {
+        let mut roles: Vec<(Role, &Path)> = Vec::new();
+        roles.extend(self.upper.as_deref().map(|u| (Role::Upper, u)));
+        roles.extend(self.work.as_deref().map(|w| (Role::Work, w)));
+        roles.extend(
+            self.lowers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (Role::Lower(i), l.as_path())),
+        );
+        roles.push((Role::Mountpoint, mountpoint));
+        roles
+    }
+}
+
+fn canonical_dir(role: Role, path: &Path) -> Result<PathBuf, ConfigError> {
+    let canon = std::fs::canonicalize(path).map_err(|source| {
+        let path = path.to_path_buf();
+        if source.kind() == io::ErrorKind::NotFound {
+            ConfigError::Missing { role, path, source }
+        } else {
+            ConfigError::Resolve { role, path, source }
+        }
+    })?;
+    let is_dir = std::fs::metadata(&canon).map(|m| m.is_dir());
+    match is_dir {
+        Ok(true) => Ok(canon),
+        Ok(false) => Err(ConfigError::NotADirectory {
+            role,
+            path: path.to_path_buf(),
+        }),
+        Err(source) => Err(ConfigError::Resolve {
+            role,
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Upper and work must be distinct siblings on one filesystem: copy-up stages a file in work and
+/// renames it into upper, and rename(2) cannot cross filesystems (overlayfs.rst, "workdir").
+fn check_upper_work(host: &dyn Host, upper: &Path, work: &Path) -> Result<(), ConfigError> {
+    let pair = || (upper.to_path_buf(), work.to_path_buf());
+    if work != upper && work.starts_with(upper) {
+        let (upper, work) = pair();
+        return Err(ConfigError::WorkInsideUpper { upper, work });
+    }
+    if work != upper && upper.starts_with(work) {
+        let (upper, work) = pair();
+        return Err(ConfigError::UpperInsideWork { upper, work });
+    }
+    let dev = |role, p: &Path| {
+        host.device_of(p).map_err(|source| ConfigError::Resolve {
+            role,
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    if dev(Role::Upper, upper)? != dev(Role::Work, work)? {
+        let (upper, work) = pair();
+        return Err(ConfigError::CrossDevice { upper, work });
+    }
+    Ok(())
+}
+
+/// No two paths of a mount may be equal or nested: the daemon reads layers by path, so a layer
+/// seen through another layer (or through the mount itself) would show up twice or recurse.
+fn check_overlaps(roles: &[(Role, &Path)]) -> Result<(), ConfigError> {
+    for (i, &(first, a)) in roles.iter().enumerate() {
+        for &(second, b) in &roles[i + 1..] {
+            if a == b {
+                return Err(ConfigError::Duplicate {
+                    path: a.to_path_buf(),
+                    first,
+                    second,
+                });
+            }
+            let nested = if b.starts_with(a) {
+                Some(((second, b), (first, a)))
+            } else if a.starts_with(b) {
+                Some(((first, a), (second, b)))
+            } else {
+                None
+            };
+            if let Some(((inner_role, inner), (outer_role, outer))) = nested {
+                return Err(ConfigError::Nested {
+                    inner_role,
+                    inner: inner.to_path_buf(),
+                    outer_role,
+                    outer: outer.to_path_buf(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::os::unix::ffi::OsStrExt;
+
+    /// A machine with `/dev/fuse`, the given mount table and optionally faked devices.
+    struct FakeHost {
+        mountinfo: Vec<u8>,
+        fuse: bool,
+        devices: Vec<(PathBuf, u64)>,
+    }
+
+    impl FakeHost {
+        fn ok() -> FakeHost {
+            FakeHost {
+                mountinfo: b"27 1 254:0 / / rw - ext4 /dev/vda rw\n".to_vec(),
+                fuse: true,
+                devices: Vec::new(),
+            }
+        }
+    }
+
+    impl Host for FakeHost {
+        fn mountinfo(&self) -> io::Result<Vec<u8>> {
+            Ok(self.mountinfo.clone())
+        }
+        fn has_fuse_device(&self) -> bool {
+            self.fuse
+        }
+        fn device_of(&self, path: &Path) -> io::Result<u64> {
+            match self.devices.iter().find(|(p, _)| p == path) {
+                Some((_, d)) => Ok(*d),
+                None => Ok(std::fs::metadata(path)?.dev()),
+            }
+        }
+    }
+
+    /// A temp dir with the given subdirectories (and `file` as a regular file).
+    fn tree(dirs: &[&str]) -> (tempfile::TempDir, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(t.path()).unwrap();
+        for d in dirs {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("file"), b"x").unwrap();
+        (t, root)
+    }
+
+    fn check(
+        host: &FakeHost,
+        root: &Path,
+        lowers: &[&str],
+        uw: Option<(&str, &str)>,
+        mnt: &str,
+    ) -> Result<(), ConfigError> {
+        let c = MountConfig {
+            lowers: lowers.iter().map(|l| root.join(l)).collect(),
+            upper: uw.map(|(u, _)| root.join(u)),
+            work: uw.map(|(_, w)| root.join(w)),
+            volatile: false,
+        };
+        c.validate_on(host, &root.join(mnt))
+    }
+
+    #[test]
+    fn validate_table() {
+        let (_t, root) = tree(&["l0", "l1", "l0/sub", "u", "w", "u/w2", "w/u2", "m", "l1/m2"]);
+        let h = FakeHost::ok();
+        type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>, &'a str, &'a str);
+        let cases: &[Case] = &[
+            (&["l0", "l1"], Some(("u", "w")), "m", ""),
+            (&["l0"], None, "m", ""),
+            (
+                &["nope"],
+                None,
+                "m",
+                "lower layer 1 {root}/nope does not exist",
+            ),
+            (
+                &["l0", "file"],
+                None,
+                "m",
+                "lower layer 2 {root}/file is not a directory",
+            ),
+            (
+                &["l0"],
+                Some(("nope", "w")),
+                "m",
+                "upper directory {root}/nope does not exist",
+            ),
+            (
+                &["l0"],
+                Some(("u", "file")),
+                "m",
+                "work directory {root}/file is not a directory",
+            ),
+            (
+                &["l0"],
+                None,
+                "nope",
+                "mountpoint {root}/nope does not exist",
+            ),
+            (
+                &["l0"],
+                None,
+                "file",
+                "mountpoint {root}/file is not a directory",
+            ),
+            (
+                &["l0"],
+                Some(("u", "u/w2")),
+                "m",
+                "work directory {root}/u/w2 is inside upper directory {root}/u",
+            ),
+            (
+                &["l0"],
+                Some(("w/u2", "w")),
+                "m",
+                "upper directory {root}/w/u2 is inside work directory {root}/w",
+            ),
+            (
+                &["l0", "l1", "l0"],
+                None,
+                "m",
+                "{root}/l0 is used twice, as lower layer 1 and as lower layer 3",
+            ),
+            (
+                &["l0", "l0/sub"],
+                None,
+                "m",
+                "lower layer 2 {root}/l0/sub is inside lower layer 1 {root}/l0",
+            ),
+            (
+                &["l0"],
+                Some(("u", "w")),
+                "u",
+                "{root}/u is used twice, as upper directory and as mountpoint",
+            ),
+            (
+                &["l1"],
+                None,
+                "l1/m2",
+                "mountpoint {root}/l1/m2 is inside lower layer 1 {root}/l1",
+            ),
+            (
+                &["l0/sub"],
+                None,
+                "l0",
+                "lower layer 1 {root}/l0/sub is inside mountpoint {root}/l0",
+            ),
+            (
+                &["u/w2"],
+                Some(("u", "w")),
+                "m",
+                "lower layer 1 {root}/u/w2 is inside upper directory {root}/u",
+            ),
+        ];
+        let r = root.display().to_string();
+        for (lowers, uw, mnt, want) in cases {
+            let got = check(&h, &root, lowers, *uw, mnt);
+            let want = want.replace("{root}", &r);
+            match got {
+                Ok(()) => assert!(want.is_empty(), "{lowers:?} {uw:?} {mnt}: expected {want}"),
+                Err(e) => assert_eq!(e.to_string(), want, "{lowers:?} {uw:?} {mnt}"),
+            }
+        }
+    }
+
+    #[test]
+    fn validate_relative_and_symlinked_paths_resolve() {
+        let (_t, root) = tree(&["l0", "m"]);
+        std::os::unix::fs::symlink(root.join("l0"), root.join("link")).unwrap();
+        let err = check(&FakeHost::ok(), &root, &["l0", "link"], None, "m").unwrap_err();
+        assert!(matches!(err, ConfigError::Duplicate { .. }), "{err}");
+        let c = MountConfig {
+            lowers: vec![root.join("m/../l0")],
+            ..MountConfig::default()
+        };
+        let (canon, mnt) = c.canonicalize(&root.join("m")).unwrap();
+        assert_eq!(canon.lowers, vec![root.join("l0")]);
+        assert_eq!(mnt, root.join("m"));
+    }
+
+    #[test]
+    fn validate_cross_device() {
+        let (_t, root) = tree(&["l0", "u", "w", "m"]);
+        let mut h = FakeHost::ok();
+        h.devices = vec![(root.join("u"), 1), (root.join("w"), 2)];
+        let err = check(&h, &root, &["l0"], Some(("u", "w")), "m").unwrap_err();
+        assert!(matches!(err, ConfigError::CrossDevice { .. }), "{err}");
+        assert!(err.to_string().contains("different filesystems"));
+    }
+
+    #[test]
+    fn validate_busy_mountpoint_and_missing_fuse() {
+        let (_t, root) = tree(&["l0", "m m"]);
+        let mut h = FakeHost::ok();
+        let escaped = root.join("m\\040m");
+        h.mountinfo.extend_from_slice(b"50 27 0:40 / ");
+        h.mountinfo
+            .extend_from_slice(escaped.as_os_str().as_bytes());
+        h.mountinfo
+            .extend_from_slice(b" rw,relatime shared:1 - tmpfs tmpfs rw\n");
+        let err = check(&h, &root, &["l0"], None, "m m").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "mountpoint {} is already in use (tmpfs is mounted there)",
+                root.join("m m").display()
+            )
+        );
+        let mut h = FakeHost::ok();
+        h.fuse = false;
+        let err = check(&h, &root, &["l0"], None, "m m").unwrap_err();
+        assert!(matches!(err, ConfigError::NoFuseDevice), "{err}");
+    }
+
+    #[test]
+    fn validate_upper_work_pairing() {
+        let (_t, root) = tree(&["l0", "u", "m"]);
+        let c = MountConfig {
+            lowers: vec![root.join("l0")],
+            upper: Some(root.join("u")),
+            ..MountConfig::default()
+        };
+        let err = c.validate_on(&FakeHost::ok(), &root.join("m")).unwrap_err();
+        assert!(matches!(err, ConfigError::UpperWithoutWork));
+        let err = MountConfig::default()
+            .validate_on(&FakeHost::ok(), &root.join("m"))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::NoLowers));
+    }
+}
