@@ -272,3 +272,91 @@ fn utimensat_omit_and_now_on_lower_file() {
         assert_eq!(read(t, &e.p("f")), b"x", "{t}");
     }
 }
+
+/// Several threads make their first write to the same lower file at once: copy-up must happen
+/// once, and every write must land in the one upper copy.
+#[test]
+fn concurrent_first_writes_copy_up_once() {
+    if !common::can_mount("concurrent_first_writes_copy_up_once") {
+        return;
+    }
+    for t in targets() {
+        let data = crate::harness::pattern(64 * 1024, 9);
+        let e = Env::new(t, &[&[File("f", &data)]], &[]);
+        let path = e.p("f");
+        std::thread::scope(|s| {
+            for i in 0..8u8 {
+                let path = &path;
+                s.spawn(move || {
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .unwrap_or_else(|err| panic!("{t}: thread {i}: open: {err}"));
+                    f.write_all_at(&[b'A' + i; 100], u64::from(i) * 8192)
+                        .unwrap_or_else(|err| panic!("{t}: thread {i}: write: {err}"));
+                });
+            }
+        });
+        let mut want = data.clone();
+        for i in 0..8usize {
+            want[i * 8192..i * 8192 + 100].fill(b'A' + i as u8);
+        }
+        assert!(read(t, &path) == want, "{t}: a write was lost");
+        assert!(read(t, &e.upper("f")) == want, "{t}: upper copy");
+        assert!(read(t, &e.lower(0, "f")) == data, "{t}: lower untouched");
+    }
+}
+
+#[test]
+fn chmod_lower_dir_keeps_merged_listing() {
+    if !common::can_mount("chmod_lower_dir_keeps_merged_listing") {
+        return;
+    }
+    for t in targets() {
+        let mut e = Env::new(
+            t,
+            &[
+                &[File("d/a", b"a"), Whiteout("d/c")],
+                &[File("d/b", b"b"), File("d/c", b"c")],
+            ],
+            &[],
+        );
+        std::fs::set_permissions(e.p("d"), PermissionsExt::from_mode(0o710))
+            .unwrap_or_else(|err| panic!("{t}: chmod dir: {err}"));
+        assert_eq!(names(t, &e.p("d")), ["a", "b"], "{t}: mounted");
+        e.remount();
+        assert_eq!(names(t, &e.p("d")), ["a", "b"], "{t}: after remount");
+        assert_eq!(lstat(t, &e.p("d")).mode() & 0o7777, 0o710, "{t}: mode");
+        assert_eq!(read(t, &e.p("d/b")), b"b", "{t}");
+    }
+}
+
+#[test]
+fn create_in_lower_dir_updates_parent_mtime() {
+    if !common::can_mount("create_in_lower_dir_updates_parent_mtime") {
+        return;
+    }
+    for t in targets() {
+        let mut e = Env::build(t, &[&[Dir("d"), Dir("e/x")]], &[]);
+        for rel in ["d", "e"] {
+            utimensat(
+                nix::fcntl::AT_FDCWD,
+                &e.lower(0, rel),
+                &TimeSpec::new(981_173_106, 0),
+                &TimeSpec::new(981_173_106, 0),
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .expect("fixture dir times");
+        }
+        e.mount();
+        assert_eq!(lstat(t, &e.p("d")).mtime(), 981_173_106, "{t}: before");
+        std::fs::write(e.p("d/new"), b"n").expect("create");
+        std::fs::remove_dir(e.p("e/x")).expect("rmdir");
+        for rel in ["d", "e"] {
+            assert!(
+                lstat(t, &e.p(rel)).mtime() > 981_173_106,
+                "{t}: mtime of {rel} not updated by a change inside it"
+            );
+        }
+    }
+}

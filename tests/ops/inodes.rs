@@ -61,9 +61,18 @@ fn ino_stable_across_copy_up_and_remount() {
             .and_then(|f| f.write_all_at(b"W", 1))
             .expect("write");
         std::fs::write(e.p("d/sub/new"), b"n").expect("create in sub (copies sub and d up)");
-        nix::unistd::chown(&e.p("link"), Some(nix::unistd::Uid::from_raw(7)), None)
-            .expect("lchown link");
+        std::os::unix::fs::lchown(e.p("link"), Some(7), None).expect("lchown link");
         check(&e, "after copy-up");
+        assert_eq!(
+            std::fs::read_link(e.p("link")).expect("readlink after lchown"),
+            std::path::Path::new("d/low1"),
+            "{t}: symlink target kept by copy-up"
+        );
+        assert_eq!(
+            lstat(t, &e.p("link")).uid(),
+            7,
+            "{t}: lchown applied to the link"
+        );
         let new_ino = lstat(t, &e.p("d/sub/new")).ino();
         e.remount();
         check(&e, "after remount");
