@@ -192,6 +192,7 @@ fn readdir_d_ino_nonzero_and_equals_st_ino() {
                 let ent = ent.unwrap_or_else(|err| panic!("{t}: readdir {path:?}: {err}"));
                 let name = std::ffi::OsStr::from_bytes(ent.file_name().to_bytes()).to_owned();
                 assert_ne!(ent.ino(), 0, "{t}: d_ino of {name:?} in {path:?} is 0");
+                seen.push(name.to_string_lossy().into_owned());
                 if name == ".." {
                     continue;
                 }
@@ -205,12 +206,14 @@ fn readdir_d_ino_nonzero_and_equals_st_ino() {
                     want,
                     "{t}: d_ino vs st_ino of {name:?} in {dir:?}"
                 );
-                seen.push(name.to_string_lossy().into_owned());
             }
             seen.sort();
-            if dir == "d" {
-                assert_eq!(seen, [".", "a", "b", "l", "sub", "u"], "{t}: entries of d");
-            }
+            let want: &[&str] = if dir == "d" {
+                &[".", "..", "a", "b", "l", "sub", "u"]
+            } else {
+                &[".", "..", "d"]
+            };
+            assert_eq!(seen, want, "{t}: entries of {dir:?}, with . and ..");
         }
     }
 }
