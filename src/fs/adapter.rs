@@ -7,17 +7,39 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno as FuseErrno, FileAttr, FileHandle,
-    Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use nix::errno::Errno;
 
-use super::core::{Res, UnionFs};
+use super::core::{entry_ttl, Res, UnionFs, TTL};
 use super::data::SetAttr;
 use super::namespace::{Caller, NewObject};
 
 const GEN: Generation = Generation(0);
+
+/// The attributes sent with a negative entry (inode 0).
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
 
 fn err(e: Errno) -> FuseErrno {
     FuseErrno::from_i32(e as i32)
@@ -70,13 +92,28 @@ impl UnionFs {
 }
 
 impl Filesystem for UnionFs {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each is an optimisation; a kernel without one is served without it.
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            if config.add_capabilities(cap).is_err() {
+                tracing::debug!(?cap, "kernel lacks capability");
+            }
+        }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _s = tracing::trace_span!("lookup", parent = parent.0, ?name).entered();
-        entry(reply, self.do_lookup(parent.0, name))
+        match self.do_lookup(parent.0, name) {
+            // A negative entry: the kernel remembers that the name does not exist.
+            Err(Errno::ENOENT) => reply.entry(&TTL, &negative_attr(), GEN),
+            r => entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -86,7 +123,7 @@ impl Filesystem for UnionFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _s = tracing::trace_span!("getattr", ino = ino.0).entered();
         match self.do_getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(attr) => reply.attr(&super::core::TTL, &attr),
+            Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -120,7 +157,7 @@ impl Filesystem for UnionFs {
             fh: fh.map(|f| f.0),
         };
         match self.do_setattr(ino.0, a) {
-            Ok(attr) => reply.attr(&super::core::TTL, &attr),
+            Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -307,7 +344,12 @@ impl Filesystem for UnionFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _s = tracing::trace_span!("opendir", ino = ino.0).entered();
         match self.do_opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may keep listings in its page cache: it drops them itself when an
+            // operation through this mount changes the directory.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -326,6 +368,48 @@ impl Filesystem for UnionFs {
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind, &e.name) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.do_readdir(fh.0, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(err(e)),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let next = (i + 1) as u64;
+            let full = match &e.plus {
+                Some((node, attr)) => {
+                    let ttl = entry_ttl(node, attr);
+                    let full = reply.add(INodeNo(e.ino), next, &e.name, &ttl, attr, GEN);
+                    if !full {
+                        // Every entry the kernel receives counts as a lookup.
+                        self.count_lookup(node.clone());
+                    }
+                    full
+                }
+                None => {
+                    // `.` and `..`: the kernel does not instantiate them, but their inode
+                    // number (taken from the attributes) is the d_ino userspace sees.
+                    let attr = FileAttr {
+                        ino: INodeNo(e.ino),
+                        kind: e.kind,
+                        ..negative_attr()
+                    };
+                    reply.add(INodeNo(e.ino), next, &e.name, &Duration::ZERO, &attr, GEN)
+                }
+            };
+            if full {
                 break;
             }
         }

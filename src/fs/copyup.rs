@@ -78,6 +78,7 @@ impl UnionFs {
                 tracing::warn!(error = %e, path = %rel.display(), "copy-up failed");
                 e.errno()
             })?;
+        self.invalidate_attr(node.ino);
         self.move_lower_handles(node)
     }
 

@@ -23,10 +23,13 @@ use crate::layer_index::{self, is_dir, DirView, Layers, Resolved};
 
 pub type Res<T> = Result<T, Errno>;
 
-/// How long the kernel may cache entries and attributes. Every change goes through this
-/// daemon, which invalidates what it changes, so this bounds only how long an outside change
-/// to a layer (which is not supported) could stay unseen.
-pub const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache entries (also negative ones) and attributes. Lower layers
+/// are immutable and the upper changes only through this daemon: the kernel updates its caches
+/// from the replies to the operations that change names and attributes, and the daemon
+/// invalidates what those operations change as a side effect (a copied-up directory's link
+/// count, for one). The timeout only bounds how long an outside change to a layer, which is not
+/// supported, could stay unseen.
+pub const TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Where the data of a node lives now.
 #[derive(Debug, Clone)]
@@ -81,6 +84,19 @@ pub fn kind_of(st: &FileStat) -> FileType {
         libc::S_IFIFO => FileType::NamedPipe,
         libc::S_IFSOCK => FileType::Socket,
         _ => FileType::RegularFile,
+    }
+}
+
+/// How long the kernel may cache the name of `node` with attributes `attr`. The kernel does
+/// not say through which name an operation on a hard-linked file comes; never caching such
+/// names makes every operation look its name up first, so that copy-up materialises the name
+/// that was used, as overlayfs does.
+pub fn entry_ttl(node: &Node, attr: &FileAttr) -> Duration {
+    let linked_lower = node.lower.as_ref().is_some_and(|l| l.st.st_nlink > 1);
+    if !node.is_dir && (attr.nlink > 1 || linked_lower) {
+        Duration::ZERO
+    } else {
+        TTL
     }
 }
 
@@ -258,17 +274,30 @@ impl UnionFs {
 
     /// `do_lookup` for callers that already hold `ns`.
     pub(super) fn lookup_locked(&self, parent: u64, name: &OsStr) -> Res<(FileAttr, Duration)> {
-        let (node, _) = self.resolve_node(parent, name)?;
-        let attr = self.node_attr(&node)?;
-        // The kernel does not say through which name an operation on a hard-linked lower file
-        // comes; never caching such names makes every operation look the name up first, so
-        // copy-up materialises the name that was used.
-        let ttl = match &node.lower {
-            Some(l) if !node.is_dir && l.st.st_nlink > 1 => Duration::ZERO,
-            _ => TTL,
-        };
+        let (node, r) = self.resolve_node(parent, name)?;
+        let attr = self.resolved_attr(&node, &r)?;
+        let ttl = entry_ttl(&node, &attr);
         self.table.lock().upsert(node);
         Ok((attr, ttl))
+    }
+
+    /// The attributes of a freshly resolved node, from the stat resolution made (only a
+    /// multiply-linked file needs another look, at its index copy and link count).
+    pub(super) fn resolved_attr(&self, node: &Node, r: &Resolved) -> Res<FileAttr> {
+        let shown = r.stat().ok_or(Errno::ENOENT)?;
+        if !node.is_dir && shown.st_nlink > 1 {
+            return self.node_attr(node);
+        }
+        let backing = match (&r.upper, self.upper.as_ref()) {
+            (Some(_), Some(up)) => Backing::Upper(up.path(node.path())),
+            _ => Backing::Lower(PathBuf::new()),
+        };
+        Ok(self.attr(node, &backing, shown))
+    }
+
+    /// Counts one more kernel reference on `node` (an entry returned by readdirplus).
+    pub(super) fn count_lookup(&self, node: Node) {
+        self.table.lock().upsert(node);
     }
 
     pub fn do_forget(&self, ino: u64, n: u64) {
@@ -328,18 +357,23 @@ impl UnionFs {
             ino,
             kind: FileType::Directory,
             name: ".".into(),
+            plus: None,
         });
         entries.push(DirEntry {
             ino: node.parent,
             kind: FileType::Directory,
             name: "..".into(),
+            plus: None,
         });
         for e in list {
             let st = e.resolved.stat().expect("listed entries exist");
+            let node = self.node_from(ino, &view, &e.name, &e.resolved);
+            let attr = self.resolved_attr(&node, &e.resolved)?;
             entries.push(DirEntry {
-                ino: self.layers.ino_of(&view, &e.name, &e.resolved),
+                ino: node.ino,
                 kind: kind_of(st),
                 name: e.name,
+                plus: Some((node, attr)),
             });
         }
         Ok(entries)

@@ -34,6 +34,8 @@ pub struct DirEntry {
     pub ino: u64,
     pub kind: fuser::FileType,
     pub name: OsString,
+    /// The entry's node and attributes, for readdirplus (none for `.` and `..`).
+    pub plus: Option<(super::inode::Node, fuser::FileAttr)>,
 }
 
 #[derive(Debug)]
