@@ -11,5 +11,6 @@ pub mod config;
 pub mod cow;
 pub mod fs;
 pub mod layer_index;
+pub mod store;
 pub mod sys;
 pub mod whiteout;

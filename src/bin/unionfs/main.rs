@@ -13,6 +13,8 @@
 //! under the name `fuse-overlayfs`, it behaves as `unionfs mount`.
 #![deny(unsafe_code)]
 
+mod store;
+
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
@@ -72,6 +74,9 @@ Mount options (comma-separated; -o may be repeated; later ones win):
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Image store directory [default: $UNIONFS_ROOT, else /var/lib/unionfs]
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +100,8 @@ enum Command {
         #[arg(value_parser = ["mount", "umount", "completions"])]
         command: Option<String>,
     },
+    #[command(flatten)]
+    Store(store::StoreCommand),
 }
 
 #[derive(Debug, Args)]
@@ -118,7 +125,10 @@ struct MountArgs {
     /// $XDG_RUNTIME_DIR/unionfs/ or /tmp/unionfs-<uid>/; stderr with -f]
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
-    /// Device name given by mount(8), e.g. "overlay" (ignored)
+    /// Image from the store to mount (its layers as lowers, a container's upper)
+    #[arg(long, value_name = "NAME[:TAG]")]
+    image: Option<String>,
+    /// Device name given by mount(8), e.g. "overlay" (ignored), or an image name
     #[arg(value_name = "SOURCE")]
     source: Option<OsString>,
     /// Where to mount the union
@@ -141,7 +151,7 @@ const TERMINATING: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHU
 fn main() -> ExitCode {
     let cli = Cli::parse_from(normalize_args(std::env::args_os().collect()));
     let result = match cli.command {
-        Command::Mount(args) => mount(args),
+        Command::Mount(args) => store::resolve_mount(args, cli.root.as_deref()).and_then(mount),
         Command::Umount(args) => umount(&args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
@@ -149,6 +159,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Man { command } => man(command.as_deref()),
+        Command::Store(cmd) => store::run(cmd, cli.root.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -182,7 +193,7 @@ fn normalize_args(mut args: Vec<OsString>) -> Vec<OsString> {
     let insert = match first {
         None => false,
         Some(a) if as_helper => a != "--version" && a != "-V",
-        Some(a) => !OWN.iter().any(|o| a == OsStr::new(o)),
+        Some(a) => !OWN.iter().chain(store::NAMES).any(|o| a == OsStr::new(o)),
     };
     if insert {
         args.insert(1, OsString::from("mount"));
