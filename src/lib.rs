@@ -11,6 +11,7 @@ pub mod config;
 pub mod cow;
 pub mod fs;
 pub mod layer_index;
+pub mod run;
 pub mod store;
 pub mod sys;
 pub mod whiteout;

@@ -5,5 +5,8 @@
 //! `&Path` and return `nix::Result`, keeping errno intact for the FUSE layer to pass on.
 #![allow(unsafe_code)]
 
+pub mod caps;
+pub mod ns;
 pub mod process;
+pub mod tty;
 pub mod xattr;

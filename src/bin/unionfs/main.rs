@@ -13,6 +13,7 @@
 //! under the name `fuse-overlayfs`, it behaves as `unionfs mount`.
 #![deny(unsafe_code)]
 
+mod run;
 mod store;
 
 use std::ffi::{OsStr, OsString};
@@ -100,6 +101,8 @@ enum Command {
         #[arg(value_parser = ["mount", "umount", "completions"])]
         command: Option<String>,
     },
+    /// Run a command in a container whose root is a union of the given layers
+    Run(run::RunArgs),
     #[command(flatten)]
     Store(store::StoreCommand),
 }
@@ -159,6 +162,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Man { command } => man(command.as_deref()),
+        Command::Run(args) => return run::main(args),
         Command::Store(cmd) => store::run(cmd, cli.root.as_deref()),
     };
     match result {
@@ -179,6 +183,7 @@ fn normalize_args(mut args: Vec<OsString>) -> Vec<OsString> {
         "unmount",
         "completions",
         "man",
+        "run",
         "help",
         "-h",
         "--help",
