@@ -15,10 +15,19 @@ use fuser::{
 use nix::errno::Errno;
 
 use super::core::{entry_ttl, Res, UnionFs, TTL};
-use super::data::SetAttr;
+use super::data::{OpenAs, SetAttr};
 use super::namespace::{Caller, NewObject};
+use std::sync::Arc;
 
 const GEN: Generation = Generation(0);
+
+fn cache_flags(keep_cache: bool) -> FopenFlags {
+    if keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}
 
 /// The attributes sent with a negative entry (inode 0).
 fn negative_attr() -> FileAttr {
@@ -93,6 +102,14 @@ impl UnionFs {
 
 impl Filesystem for UnionFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Passthrough needs a stacking depth of 1: the layers sit on a plain filesystem, and
+        // the mount itself may still be a layer of overlayfs.
+        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         // Each is an optimisation; a kernel without one is served without it.
         for cap in [
             InitFlags::FUSE_DO_READDIRPLUS,
@@ -264,9 +281,26 @@ impl Filesystem for UnionFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _s = tracing::debug_span!("open", ino = ino.0, flags = flags.0).entered();
-        match self.do_open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(err(e)),
+        let _one_at_a_time = self.handles.open_lock.lock();
+        let o = match self.do_open(ino.0, flags.0) {
+            Ok(o) => o,
+            Err(e) => return reply.error(err(e)),
+        };
+        let fh = FileHandle(o.fh);
+        match o.how {
+            OpenAs::Served { keep_cache } => reply.opened(fh, cache_flags(keep_cache)),
+            OpenAs::Passthrough(Some(b)) => reply.opened_passthrough(fh, FopenFlags::empty(), &b),
+            OpenAs::Passthrough(None) => match reply.open_backing(o.file.as_ref()) {
+                Ok(b) => {
+                    let b = Arc::new(b);
+                    self.set_backing(o.fh, b.clone());
+                    reply.opened_passthrough(fh, FopenFlags::empty(), &b)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "passthrough refused; serving the file");
+                    reply.opened(fh, FopenFlags::empty())
+                }
+            },
         }
     }
 
@@ -502,10 +536,29 @@ impl Filesystem for UnionFs {
             mode: mode & !umask & 0o7777,
             flags,
         };
+        let _one_at_a_time = self.handles.open_lock.lock();
         match self.do_create(caller(req), parent.0, name, what) {
             Ok((attr, ttl, Some(file))) => {
-                let fh = self.add_created(attr.ino.0, file);
-                reply.created(&ttl, &attr, GEN, FileHandle(fh), FopenFlags::empty())
+                let o = self.register_open(attr.ino.0, file, false);
+                let fh = FileHandle(o.fh);
+                let none = FopenFlags::empty();
+                match o.how {
+                    OpenAs::Served { .. } => reply.created(&ttl, &attr, GEN, fh, none),
+                    OpenAs::Passthrough(Some(b)) => {
+                        reply.created_passthrough(&ttl, &attr, GEN, fh, none, &b)
+                    }
+                    OpenAs::Passthrough(None) => match reply.open_backing(o.file.as_ref()) {
+                        Ok(b) => {
+                            let b = Arc::new(b);
+                            self.set_backing(o.fh, b.clone());
+                            reply.created_passthrough(&ttl, &attr, GEN, fh, none, &b)
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "passthrough refused; serving the file");
+                            reply.created(&ttl, &attr, GEN, fh, none)
+                        }
+                    },
+                }
             }
             Ok((_, _, None)) => reply.error(err(Errno::EIO)),
             Err(e) => reply.error(err(e)),

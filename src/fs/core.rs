@@ -59,6 +59,8 @@ pub struct UnionFs {
     pub(super) table: Mutex<Table>,
     pub(super) handles: Handles,
     /// Tells the kernel to drop cached attributes that a change has made stale.
+    /// Whether the kernel agreed to FUSE passthrough at init.
+    pub(super) passthrough: std::sync::atomic::AtomicBool,
     /// Set once the session exists (the filesystem is built before it).
     pub(crate) notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
@@ -120,6 +122,7 @@ impl UnionFs {
             table: Mutex::new(table),
             handles: Handles::default(),
             notifier: Arc::default(),
+            passthrough: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -5,6 +5,8 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{FileAttr, TimeOrNow};
@@ -43,9 +45,60 @@ fn timespec(t: Option<TimeOrNow>) -> TimeSpec {
 
 const WRITE_FLAGS: i32 = libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT;
 
+/// How an opened file is to be served.
+pub enum OpenAs {
+    /// By the daemon's read/write; with `keep_cache` the kernel keeps the page cache across
+    /// opens (the data is an immutable lower file).
+    Served { keep_cache: bool },
+    /// By the kernel on the backing file (FUSE passthrough); `None`: register `file` first.
+    Passthrough(Option<Arc<fuser::BackingId>>),
+}
+
+/// A file opened by `do_open` or `do_create`, registered as handle `fh`.
+pub struct Opened {
+    pub fh: u64,
+    pub file: Arc<File>,
+    pub how: OpenAs,
+}
+
 impl UnionFs {
+    /// Registers an open file of `ino` and picks how it is served. Passthrough is used where
+    /// the kernel offers it and the backing file cannot change under the handle: upper files,
+    /// and lower files of a read-only mount. A lower file of a writable mount is served by the
+    /// daemon (with the page cache kept), so that a copy-up can move its open handles to the
+    /// copy, as overlayfs does. Callers hold `handles.open_lock`.
+    pub(super) fn register_open(&self, ino: u64, file: File, on_lower: bool) -> Opened {
+        let state = self.handles.io_state(ino);
+        let how = if !self.passthrough.load(Ordering::Relaxed) {
+            OpenAs::Served {
+                keep_cache: on_lower,
+            }
+        } else if let Some(b) = state.backing {
+            OpenAs::Passthrough(Some(b))
+        } else if state.served > 0 || (on_lower && self.upper.is_some()) {
+            OpenAs::Served {
+                keep_cache: on_lower,
+            }
+        } else {
+            OpenAs::Passthrough(None)
+        };
+        let file = Arc::new(file);
+        let fh = self.handles.add_file(ino, file.clone(), on_lower);
+        if let OpenAs::Passthrough(Some(b)) = &how {
+            self.set_backing(fh, b.clone());
+        }
+        Opened { fh, file, how }
+    }
+
+    /// Records the passthrough registration of handle `fh`.
+    pub fn set_backing(&self, fh: u64, backing: Arc<fuser::BackingId>) {
+        if let Some(h) = self.handles.file(fh) {
+            *h.backing.lock() = Some(backing);
+        }
+    }
+
     /// Opens `ino`; opening for writing (or truncating) copies it up first.
-    pub fn do_open(&self, ino: u64, flags: i32) -> Res<u64> {
+    pub fn do_open(&self, ino: u64, flags: i32) -> Res<Opened> {
         let acc = flags & libc::O_ACCMODE;
         let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let (file, on_lower) = if writes {
@@ -72,12 +125,7 @@ impl UnionFs {
                 .map_err(errno_of)?;
             (f, b.is_lower())
         };
-        Ok(self.handles.add_file(ino, file, on_lower))
-    }
-
-    /// Registers a file created by `do_create` as an open handle.
-    pub fn add_created(&self, ino: u64, file: File) -> u64 {
-        self.handles.add_file(ino, file, false)
+        Ok(self.register_open(ino, file, on_lower))
     }
 
     fn handle_file(&self, fh: u64) -> Res<std::sync::Arc<File>> {

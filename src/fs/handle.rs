@@ -21,6 +21,17 @@ pub struct FileHandle {
     pub file: RwLock<Arc<File>>,
     /// Whether `file` is a lower (read-only) file.
     pub on_lower: RwLock<bool>,
+    /// The kernel's passthrough registration of the inode's backing file, shared by every
+    /// passthrough handle of the inode; `None` for a handle the daemon serves itself.
+    pub backing: Mutex<Option<Arc<fuser::BackingId>>>,
+}
+
+/// How the open files of one inode are served now. The kernel requires one mode per inode
+/// (fs/fuse/iomode.c): passthrough opens share one backing and exclude cached opens.
+#[derive(Debug, Default)]
+pub struct IoState {
+    pub served: usize,
+    pub backing: Option<Arc<fuser::BackingId>>,
 }
 
 impl FileHandle {
@@ -49,6 +60,9 @@ pub struct DirHandle {
 
 #[derive(Debug, Default)]
 pub struct Handles {
+    /// Held while an open decides its mode and registers, so that two opens of one inode
+    /// cannot pick different modes or backings.
+    pub open_lock: Mutex<()>,
     next: AtomicU64,
     files: Mutex<HashMap<u64, Arc<FileHandle>>>,
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
@@ -59,15 +73,28 @@ impl Handles {
         self.next.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub fn add_file(&self, ino: u64, file: File, on_lower: bool) -> u64 {
+    pub fn add_file(&self, ino: u64, file: Arc<File>, on_lower: bool) -> u64 {
         let fh = self.next();
         let h = FileHandle {
             ino,
-            file: RwLock::new(Arc::new(file)),
+            file: RwLock::new(file),
             on_lower: RwLock::new(on_lower),
+            backing: Mutex::new(None),
         };
         self.files.lock().insert(fh, Arc::new(h));
         fh
+    }
+
+    /// How the handles of `ino` are served now.
+    pub fn io_state(&self, ino: u64) -> IoState {
+        let mut st = IoState::default();
+        for h in self.files.lock().values().filter(|h| h.ino == ino) {
+            match &*h.backing.lock() {
+                Some(b) => st.backing = Some(b.clone()),
+                None => st.served += 1,
+            }
+        }
+        st
     }
 
     pub fn file(&self, fh: u64) -> Option<Arc<FileHandle>> {
