@@ -84,6 +84,9 @@ impl Syscalls for Fake {
     fn unshare(&self, flags: CloneFlags) -> io::Result<()> {
         self.record(format!("unshare {flags:?}"))
     }
+    fn setns(&self, _ns: std::os::fd::BorrowedFd<'_>, kind: CloneFlags) -> io::Result<()> {
+        self.record(format!("setns {kind:?}"))
+    }
     fn mount(
         &self,
         source: Option<&Path>,

@@ -237,7 +237,10 @@ fn start_and_wait_blocked(
     } else {
         None
     };
-    // Only the next child enters the new pid namespace; the launcher stays where it is.
+    // Only the next child enters the new pid namespace. The launcher returns to its own for
+    // later children right after the fork: threads cannot be created while its children's pid
+    // namespace differs from its own (clone(2), EINVAL with CLONE_THREAD).
+    let own_pid_ns = File::open("/proc/self/ns/pid").map_err(Error::PidNamespace)?;
     sys.unshare(CloneFlags::CLONE_NEWPID)
         .map_err(Error::PidNamespace)?;
     let plan = rootfs::Plan {
@@ -268,6 +271,8 @@ fn start_and_wait_blocked(
     };
     drop((go_rd, rep_wr, console_init));
     let mut init_guard = InitGuard(Some(pid));
+    sys.setns(own_pid_ns.as_fd(), CloneFlags::CLONE_NEWPID)
+        .map_err(Error::PidNamespace)?;
     cg.join(sys, pid.as_raw())?;
     File::from(go_wr)
         .write_all(b"g")

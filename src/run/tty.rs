@@ -21,7 +21,12 @@ use crate::sys::tty as systty;
 /// Opens a new terminal pair in the current root's `/dev/ptmx`; returns the master and the
 /// path of the slave.
 pub fn open_pty() -> io::Result<(OwnedFd, String)> {
-    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    // posix_openpt(3) accepts no other flags; close-on-exec is set right after.
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY)?;
+    nix::fcntl::fcntl(
+        &master,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
     nix::pty::grantpt(&master)?;
     nix::pty::unlockpt(&master)?;
     let slave = nix::pty::ptsname_r(&master)?;

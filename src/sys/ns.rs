@@ -23,6 +23,8 @@ use nix::unistd::{Gid, Uid};
 pub trait Syscalls {
     /// unshare(2).
     fn unshare(&self, flags: CloneFlags) -> io::Result<()>;
+    /// setns(2) into the namespace open at `ns`.
+    fn setns(&self, ns: std::os::fd::BorrowedFd<'_>, kind: CloneFlags) -> io::Result<()>;
     /// mount(2).
     fn mount(
         &self,
@@ -78,6 +80,10 @@ pub struct Linux;
 impl Syscalls for Linux {
     fn unshare(&self, flags: CloneFlags) -> io::Result<()> {
         Ok(nix::sched::unshare(flags)?)
+    }
+
+    fn setns(&self, ns: std::os::fd::BorrowedFd<'_>, kind: CloneFlags) -> io::Result<()> {
+        Ok(nix::sched::setns(ns, kind)?)
     }
 
     fn mount(
