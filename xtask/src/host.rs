@@ -92,6 +92,16 @@ pub const NEEDED_TOOLS: &[Tool] = &[
         package: "mount",
         used_by: "tests/common: unmounting after each test",
     },
+    Tool {
+        command: "busybox",
+        package: "busybox-static",
+        used_by: "tests/run: the static binaries of the test image for `unionfs run`",
+    },
+    Tool {
+        command: "script",
+        package: "bsdutils",
+        used_by: "tests/run: running `unionfs run -t` under a pseudo-terminal",
+    },
 ];
 
 /// Prints a phase header so that a long log can be read by its steps.
