@@ -93,14 +93,14 @@ pub const NEEDED_TOOLS: &[Tool] = &[
         used_by: "tests/common: unmounting after each test",
     },
     Tool {
-        command: "busybox",
-        package: "busybox-static",
-        used_by: "tests/run: the static binaries of the test image for `unionfs run`",
+        command: "umoci",
+        package: "umoci",
+        used_by: "tests/store: builds, unpacks and reads back OCI images",
     },
     Tool {
-        command: "script",
-        package: "bsdutils",
-        used_by: "tests/run: running `unionfs run -t` under a pseudo-terminal",
+        command: "skopeo",
+        package: "skopeo",
+        used_by: "tests/store: reads exported layouts, writes docker save archives",
     },
 ];
 
