@@ -75,12 +75,26 @@ impl Store {
     ) -> Result<String> {
         let (path, tag) = split_source(arg);
         let lock = self.lock()?;
+        let result = self.import_locked(&lock, &path, tag.as_deref(), name, progress);
+        // Whatever is still staged (scratch copies, layers of a failed import) goes now.
+        self.clear_tmp();
+        result
+    }
+
+    fn import_locked(
+        &self,
+        lock: &Lock,
+        path: &Path,
+        tag: Option<&str>,
+        name: Option<&str>,
+        progress: &dyn Fn(Progress),
+    ) -> Result<String> {
         let scratch = self.staging("import")?;
-        let (src, found) = source::find(&path, tag.as_deref(), &scratch)?;
+        let (src, found) = source::find(path, tag, &scratch)?;
         let key = match (name, &found.name) {
             (Some(n), _) => full_name(n)?,
             (None, Some(n)) if n.contains(':') || !n.is_empty() => full_name(n)?,
-            _ => full_name(&default_name(&path))?,
+            _ => full_name(&default_name(path))?,
         };
         let staged = self.stage_all(&src, &found, progress)?;
         let config = match found.config {
@@ -88,7 +102,7 @@ impl Store {
             None => fresh_config(&staged, &format!("unionfs import {}", path.display())),
         };
         self.install(
-            &lock,
+            lock,
             staged,
             &key,
             config,
@@ -116,7 +130,12 @@ impl Store {
             } else {
                 format!("{} ({})", i + 1, layer.blob)
             };
-            staged.push(self.stage_blob(src, layer, &label, progress)?);
+            let lowers: Vec<PathBuf> = staged
+                .iter()
+                .rev()
+                .map(|s: &Staged| s.dir.join("root"))
+                .collect();
+            staged.push(self.stage_blob(src, layer, &label, &lowers, progress)?);
         }
         Ok(staged)
     }
@@ -126,6 +145,7 @@ impl Store {
         src: &Source,
         layer: &LayerBlob,
         label: &str,
+        lowers: &[PathBuf],
         progress: &dyn Fn(Progress),
     ) -> Result<Staged> {
         let (reader, _) = src.open(&layer.blob)?;
@@ -144,7 +164,7 @@ impl Store {
         let unpacked = {
             let dec =
                 source::decompressor(layer.compression, Box::new(&mut blob)).map_err(corrupt)?;
-            unpack::unpack(dec, &root, label)?
+            unpack::unpack(dec, &root, label, lowers)?
         };
         let (blob_digest, _) = blob.finish().map_err(corrupt)?;
         if let Some(expected) = &layer.blob_digest {
@@ -212,6 +232,20 @@ impl Store {
         let key = full_name(name)?;
         let base_img = self.image(base)?;
         let lock = self.lock()?;
+        let result = self.commit_locked(&lock, upper, &base_img, &key, note);
+        // Whatever is still staged (scratch copies, layers of a failed import) goes now.
+        self.clear_tmp();
+        result
+    }
+
+    fn commit_locked(
+        &self,
+        lock: &Lock,
+        upper: &Path,
+        base_img: &ImageRecord,
+        key: &str,
+        note: &str,
+    ) -> Result<String> {
         let scratch = self.staging("commit")?;
         let tar_path = scratch.join("layer.tar");
         let f = File::create(&tar_path).write_ctx(&tar_path)?;
@@ -226,7 +260,14 @@ impl Store {
             blob_digest: None,
             size: None,
         };
-        let staged = self.stage_blob(&src, &layer, &upper.display().to_string(), &|_| {})?;
+        let lowers = base_img
+            .diff_ids()
+            .iter()
+            .rev()
+            .map(|d| self.layer_root(d))
+            .collect::<Result<Vec<_>>>()?;
+        let label = upper.display().to_string();
+        let staged = self.stage_blob(&src, &layer, &label, &lowers, &|_| {})?;
         let mut config = base_img.config.clone();
         let diff_id = staged.meta.diff_id.clone();
         config.rootfs_mut().diff_ids_mut().push(diff_id);
@@ -242,13 +283,13 @@ impl Store {
             .push(entry);
         config.set_created(Some(now_rfc3339()));
         self.install(
-            &lock,
+            lock,
             vec![staged],
-            &key,
+            key,
             config,
             format!("commit {}", upper.display()),
         )?;
-        Ok(key)
+        Ok(key.to_owned())
     }
 }
 

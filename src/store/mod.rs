@@ -149,6 +149,19 @@ impl Store {
         Ok(Lock { _flock: flock })
     }
 
+    /// Removes everything staged (only while the lock is held), after a failed import.
+    fn clear_tmp(&self) {
+        let tmp = self.root.join("tmp");
+        let Ok(rd) = std::fs::read_dir(&tmp) else {
+            return;
+        };
+        for e in rd.flatten() {
+            if let Err(err) = remove_tree(&e.path()) {
+                tracing::warn!(path = %e.path().display(), %err, "cannot remove staging");
+            }
+        }
+    }
+
     /// A fresh staging directory under `tmp/` (only while the lock is held).
     fn staging(&self, what: &str) -> Result<PathBuf> {
         let p = self

@@ -477,6 +477,11 @@ fn docker_archive(src: &Source, path: &Path, tag: Option<&str>) -> Result<Found>
             size: None,
         })
         .collect();
+    // Docker shows Docker Hub names short (`app:v1` for `docker.io/library/app:v1`).
+    let short = |n: String| match n.strip_prefix("docker.io/library/") {
+        Some(s) => s.to_owned(),
+        None => n,
+    };
     let name = match tag {
         Some(t) => m
             .repo_tags
@@ -485,7 +490,8 @@ fn docker_archive(src: &Source, path: &Path, tag: Option<&str>) -> Result<Found>
             .find(|rt| rt.as_str() == t || rt.ends_with(&format!(":{t}")))
             .cloned(),
         None => m.repo_tags.as_ref().and_then(|t| t.first().cloned()),
-    };
+    }
+    .map(short);
     Ok(Found {
         config: Some(config),
         layers,

@@ -118,8 +118,11 @@ struct Stage<'a> {
 }
 
 /// Extracts the uncompressed tar `reader` into the empty directory `dest`. `layer` names the
-/// layer in error messages.
-pub fn unpack(reader: impl Read, dest: &Path, layer: &str) -> Result<Unpacked> {
+/// layer in error messages. `lowers` are the layers it goes on (top-most first): a directory
+/// the archive only implies (umoci, for one, leaves out unchanged parents) takes its owner,
+/// mode and time from them, as applying the changeset would leave it (OCI image spec,
+/// "Applying Changesets").
+pub fn unpack(reader: impl Read, dest: &Path, layer: &str, lowers: &[PathBuf]) -> Result<Unpacked> {
     let mut archive = tar::Archive::new(HashingReader::new(reader));
     let mut stage = Stage {
         dest,
@@ -141,6 +144,7 @@ pub fn unpack(reader: impl Read, dest: &Path, layer: &str) -> Result<Unpacked> {
         last = PathBuf::from(OsStr::from_bytes(&raw));
         stage.add(&mut entry, &raw)?;
     }
+    stage.inherit_implicit(lowers)?;
     stage.set_dir_times()?;
     let (diff_id, tar_size) = archive
         .into_inner()
@@ -463,6 +467,32 @@ impl Stage<'_> {
             }
             crate::sys::xattr::set(path, name, ext.value_bytes(), 0)
                 .map_err(|e| self.io(raw)(io::Error::from(e)))?;
+        }
+        Ok(())
+    }
+
+    /// Gives directories the archive did not list the attributes they have below.
+    fn inherit_implicit(&mut self, lowers: &[PathBuf]) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let implicit: Vec<Vec<u8>> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| **n == Node::Dir { explicit: false })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in implicit {
+            let rel = Path::new(OsStr::from_bytes(&key));
+            let found = super::view::visible(lowers, rel).map_err(self.io(&key))?;
+            let Some((_, m)) = found.filter(|(_, m)| m.is_dir()) else {
+                continue;
+            };
+            let path = self.path_of(&key);
+            std::os::unix::fs::lchown(&path, Some(m.uid()), Some(m.gid()))
+                .map_err(self.io(&key))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m.mode() & 0o7777))
+                .map_err(self.io(&key))?;
+            self.dir_times
+                .push((path, u64::try_from(m.mtime()).unwrap_or(0)));
         }
         Ok(())
     }

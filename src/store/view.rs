@@ -282,8 +282,14 @@ mod tests {
         };
         assert_eq!(roles("f"), vec![(1, Role::Provides), (2, Role::Shadowed)]);
         assert_eq!(roles("d"), vec![(0, Role::Provides), (2, Role::Merges)]);
-        assert_eq!(roles("d/x"), vec![(0, Role::WhitesOut), (2, Role::Shadowed)]);
-        assert_eq!(roles("gone"), vec![(0, Role::WhitesOut), (1, Role::Shadowed)]);
+        assert_eq!(
+            roles("d/x"),
+            vec![(0, Role::WhitesOut), (2, Role::Shadowed)]
+        );
+        assert_eq!(
+            roles("gone"),
+            vec![(0, Role::WhitesOut), (1, Role::Shadowed)]
+        );
         let names: Vec<OsString> = merged_children(&l, Path::new("d"))
             .unwrap()
             .into_iter()
