@@ -102,6 +102,16 @@ pub const NEEDED_TOOLS: &[Tool] = &[
         package: "skopeo",
         used_by: "tests/store: reads exported layouts, writes docker save archives",
     },
+    Tool {
+        command: "busybox",
+        package: "busybox-static",
+        used_by: "tests/run: the static binaries of the test image for `unionfs run`",
+    },
+    Tool {
+        command: "script",
+        package: "bsdutils",
+        used_by: "tests/run: running `unionfs run -t` under a pseudo-terminal",
+    },
 ];
 
 /// Prints a phase header so that a long log can be read by its steps.
