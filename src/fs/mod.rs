@@ -93,6 +93,7 @@ fn open_layers(cfg: &MountConfig) -> Result<Layers, Error> {
 /// Builds the filesystem for `cfg` without mounting it.
 pub fn build(cfg: &MountConfig) -> Result<UnionFs, Error> {
     let layers = open_layers(cfg)?;
+    layers.start_indexing(crate::layer_index::index::default_dir());
     let upper = match (&cfg.upper, &cfg.work) {
         (Some(u), Some(w)) => {
             Some(Upper::new(u, w, XattrNs::for_current_user(), cfg.volatile).map_err(Error::Work)?)

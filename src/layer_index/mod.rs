@@ -8,12 +8,14 @@
 //! Lower layers are immutable: a lower location `(layer, path)` found once stays valid for the
 //! life of the mount. Only the upper changes, and only through this daemon.
 
+pub mod index;
 mod ino;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use nix::errno::Errno;
 use nix::fcntl::AtFlags;
@@ -21,6 +23,7 @@ use nix::sys::stat::{fstatat, FileStat, SFlag};
 
 use crate::whiteout;
 
+use index::LayerIndex;
 pub use ino::{origin_of, set_origin, InoMapper, ORIGIN_XATTR_SUFFIX};
 
 /// One layer directory.
@@ -131,6 +134,8 @@ pub struct Layers {
     pub upper: Option<Layer>,
     pub lowers: Vec<Layer>,
     pub inos: InoMapper,
+    /// Each lower layer's name index, once built or loaded (see [`index`]).
+    indexes: Arc<Vec<OnceLock<Option<LayerIndex>>>>,
 }
 
 pub fn lstat(path: &Path) -> nix::Result<FileStat> {
@@ -205,11 +210,63 @@ impl Layers {
             .collect::<nix::Result<Vec<_>>>()?;
         let devs = upper.iter().chain(lowers.iter()).map(|l| l.dev);
         let inos = InoMapper::new(devs);
+        let indexes = Arc::new(lowers.iter().map(|_| OnceLock::new()).collect());
         Ok(Layers {
             upper,
             lowers,
             inos,
+            indexes,
         })
+    }
+
+    /// Loads or builds the lower layers' name indexes in a background thread, saving them in
+    /// `dir`. Until a layer's index is ready, its lookups use plain system calls.
+    pub fn start_indexing(&self, dir: Option<PathBuf>) {
+        let roots: Vec<PathBuf> = self.lowers.iter().map(|l| l.root.clone()).collect();
+        let indexes = self.indexes.clone();
+        let spawned = std::thread::Builder::new()
+            .name("unionfs-index".into())
+            .spawn(move || {
+                for (slot, root) in indexes.iter().zip(roots) {
+                    let idx = LayerIndex::load_or_build(&root, dir.as_deref());
+                    if idx.is_none() {
+                        tracing::warn!(layer = %root.display(), "layer not indexed: unreadable");
+                    }
+                    let _ = slot.set(idx);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "layers not indexed: no thread");
+        }
+    }
+
+    /// Builds the indexes now, in this thread (for tests and benchmarks).
+    pub fn index_now(&self, dir: Option<&Path>) {
+        for (slot, l) in self.indexes.iter().zip(&self.lowers) {
+            let _ = slot.set(LayerIndex::load_or_build(&l.root, dir));
+        }
+    }
+
+    /// What lower layer `layer` holds at `rel`, per its index: `None` when not indexed (yet).
+    fn indexed(&self, layer: usize, rel: &Path) -> Option<u8> {
+        let idx = self.indexes.get(layer)?.get()?.as_ref()?;
+        Some(idx.marks(rel))
+    }
+
+    /// Whether the lower directory `rel` of `layer` is opaque.
+    fn lower_opaque(&self, layer: usize, rel: &Path, full: &Path) -> bool {
+        match self.indexed(layer, rel) {
+            Some(m) if m & index::OPAQUE == 0 => false,
+            _ => whiteout::is_opaque_dir(full),
+        }
+    }
+
+    /// The redirect recorded on the lower directory `rel` of `layer`, if any.
+    fn lower_redirect(&self, layer: usize, rel: &Path, full: &Path) -> Option<Redirect> {
+        match self.indexed(layer, rel) {
+            Some(m) if m & index::REDIRECT == 0 => None,
+            _ => whiteout::redirect_of(full).and_then(parse_redirect),
+        }
     }
 
     /// The view of the root directory.
@@ -298,6 +355,9 @@ impl Layers {
         while i < cands.len() {
             let (layer, path) = cands[i].clone();
             i += 1;
+            if self.indexed(layer, &path) == Some(0) {
+                continue;
+            }
             let full = self.lowers[layer].join(&path);
             let parent = full.parent().expect("a joined name has a parent");
             let seen = look(parent, full.file_name().expect("joined name"))?;
@@ -327,10 +387,10 @@ impl Layers {
                     st,
                 });
             }
-            if whiteout::is_opaque_dir(&full) {
+            if self.lower_opaque(layer, &path, &full) {
                 break;
             }
-            if let Some(rd) = whiteout::redirect_of(&full).and_then(parse_redirect) {
+            if let Some(rd) = self.lower_redirect(layer, &path, &full) {
                 let rest = self.redirected(dir, rd, Some(layer));
                 cands.truncate(i);
                 cands.extend(rest);
@@ -368,6 +428,9 @@ impl Layers {
     /// removing or renaming away such a name must leave a whiteout in the upper.
     pub fn lower_positive(&self, dir: &DirView, name: &OsStr) -> nix::Result<bool> {
         for d in &dir.lowers {
+            if self.indexed(d.layer, &d.path.join(name)) == Some(0) {
+                continue;
+            }
             match look(&self.lowers[d.layer].join(&d.path), name)? {
                 Seen::Nothing => continue,
                 Seen::Whiteout => return Ok(false),

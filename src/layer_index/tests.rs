@@ -22,6 +22,8 @@ use Kind::*;
 struct Stack {
     _dir: tempfile::TempDir,
     layers: Layers,
+    /// The same layers with their name indexes: every answer must be the same.
+    indexed: Layers,
 }
 
 fn build(n_lowers: usize, lines: &[(&str, &str, Kind)]) -> Stack {
@@ -56,50 +58,78 @@ fn build(n_lowers: usize, lines: &[(&str, &str, Kind)]) -> Stack {
     }
     let lowers: Vec<PathBuf> = (0..n_lowers).map(|i| root(&format!("l{i}"))).collect();
     let layers = Layers::open(Some(&root("upper")), &lowers).expect("open layers");
-    Stack { _dir: dir, layers }
+    let indexed = Layers::open(Some(&root("upper")), &lowers).expect("open layers");
+    indexed.index_now(None);
+    Stack {
+        _dir: dir,
+        layers,
+        indexed,
+    }
 }
 
 impl Stack {
     /// The view of merged directory `path`, resolved from the root.
     fn view(&self, path: &str) -> DirView {
-        let (_, mut view) = self.layers.root_view().expect("root");
-        for comp in Path::new(path).components() {
-            let name = comp.as_os_str();
-            let r = self.layers.resolve(&view, name).expect("resolve");
-            assert!(r.is_dir(), "{path} is not a merged directory");
-            view = r.dir_view(view.path.join(name));
-        }
-        view
+        view_in(&self.layers, path)
     }
 
     fn names(&self, dir: &str) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .layers
-            .list(&self.view(dir))
-            .expect("list")
-            .into_iter()
-            .map(|e| e.name.to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+        let plain = names_in(&self.layers, dir);
+        assert_eq!(
+            plain,
+            names_in(&self.indexed, dir),
+            "listing of {dir:?} with an index"
+        );
+        plain
     }
 
     /// Content of merged file `path`, or None when it does not exist.
     fn read(&self, path: &str) -> Option<String> {
-        let p = Path::new(path);
-        let dir = p.parent().map_or("", |d| d.to_str().expect("utf-8"));
-        let r = self.layers.resolve(&self.view(dir), p.file_name()?).ok()?;
-        let full = match (&r.upper, &r.lower) {
-            (Some(_), _) => self
-                .layers
-                .upper
-                .as_ref()?
-                .join(&Path::new(dir).join(p.file_name()?)),
-            (None, Some(l)) => self.layers.lowers[l.layer].join(&l.path),
-            (None, None) => return None,
-        };
-        std::fs::read_to_string(full).ok()
+        let plain = read_in(&self.layers, path);
+        assert_eq!(
+            plain,
+            read_in(&self.indexed, path),
+            "{path:?} with an index"
+        );
+        plain
     }
+}
+
+fn view_in(layers: &Layers, path: &str) -> DirView {
+    let (_, mut view) = layers.root_view().expect("root");
+    for comp in Path::new(path).components() {
+        let name = comp.as_os_str();
+        let r = layers.resolve(&view, name).expect("resolve");
+        assert!(r.is_dir(), "{path} is not a merged directory");
+        view = r.dir_view(view.path.join(name));
+    }
+    view
+}
+
+fn names_in(layers: &Layers, dir: &str) -> Vec<String> {
+    let mut v: Vec<String> = layers
+        .list(&view_in(layers, dir))
+        .expect("list")
+        .into_iter()
+        .map(|e| e.name.to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn read_in(layers: &Layers, path: &str) -> Option<String> {
+    let p = Path::new(path);
+    let dir = p.parent().map_or("", |d| d.to_str().expect("utf-8"));
+    let r = layers.resolve(&view_in(layers, dir), p.file_name()?).ok()?;
+    let full = match (&r.upper, &r.lower) {
+        (Some(_), _) => layers
+            .upper
+            .as_ref()?
+            .join(&Path::new(dir).join(p.file_name()?)),
+        (None, Some(l)) => layers.lowers[l.layer].join(&l.path),
+        (None, None) => return None,
+    };
+    std::fs::read_to_string(full).ok()
 }
 
 #[test]
@@ -110,12 +140,13 @@ fn upper_hides_lower_and_whiteouts_hide_names() {
             ("l1", "a", File("l1")),
             ("l1", "b", File("l1")),
             ("l1", "c", File("l1")),
+            ("l1", "e", Dir),
             ("l0", "a", File("l0")),
             ("l0", "b", Wh),
             ("upper", "c", File("up")),
         ],
     );
-    assert_eq!(s.names(""), ["a", "c"]);
+    assert_eq!(s.names(""), ["a", "c", "e"]);
     assert_eq!(s.read("a").as_deref(), Some("l0"));
     assert_eq!(s.read("b"), None);
     assert_eq!(s.read("c").as_deref(), Some("up"));
@@ -191,8 +222,10 @@ fn lower_positive_is_the_top_most_lower_entry() {
             ("l1", "b", File("b")),
         ],
     );
-    let root = s.view("");
-    assert!(!s.layers.lower_positive(&root, OsStr::new("a")).expect("a"));
-    assert!(s.layers.lower_positive(&root, OsStr::new("b")).expect("b"));
-    assert!(!s.layers.lower_positive(&root, OsStr::new("c")).expect("c"));
+    for layers in [&s.layers, &s.indexed] {
+        let root = view_in(layers, "");
+        assert!(!layers.lower_positive(&root, OsStr::new("a")).expect("a"));
+        assert!(layers.lower_positive(&root, OsStr::new("b")).expect("b"));
+        assert!(!layers.lower_positive(&root, OsStr::new("c")).expect("c"));
+    }
 }

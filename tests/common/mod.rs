@@ -73,6 +73,11 @@ impl Stack {
         }
     }
 
+    /// Where the daemon keeps layer indexes: inside the test's directory, gone with it.
+    pub fn index_dir(&self) -> PathBuf {
+        self.dir.path().join("index-cache")
+    }
+
     /// Where the daemon logs: inside the test's directory, gone with it.
     pub fn log_file(&self) -> PathBuf {
         self.dir.path().join("unionfs.log")
@@ -93,6 +98,7 @@ impl Stack {
     /// Mounts the stack with unionfs (detached, as a user would) on `self.mnt`.
     pub fn mount_unionfs(&self) -> MountGuard {
         let out = Command::new(unionfs_bin())
+            .env("UNIONFS_INDEX_DIR", self.index_dir())
             .arg("mount")
             .arg("--lower")
             .arg(self.lowerdir())
@@ -118,6 +124,7 @@ impl Stack {
     /// Mounts the stack read-only (no upper) with unionfs.
     pub fn mount_unionfs_ro(&self) -> MountGuard {
         let out = Command::new(unionfs_bin())
+            .env("UNIONFS_INDEX_DIR", self.index_dir())
             .arg("mount")
             .arg("--lower")
             .arg(self.lowerdir())

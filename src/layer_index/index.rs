@@ -1,0 +1,320 @@
+//! A per-layer index of names, so that a lookup asks only the layers that hold the name.
+//!
+//! Resolving a name walks the layers top-down, and without an index each layer costs a stat
+//! (and one more for an AUFS whiteout), so lookups grow with the depth of the stack. A lower
+//! layer never changes, so it can be indexed once: every relative path in it is hashed
+//! (xxh3-64) into a set, with flag bits saying what is there (a directory, a whiteout in
+//! either format, an opaque directory, a redirect).
+//!
+//! The index only ever *rules a layer out*. A hit is confirmed by the same system calls as
+//! without an index, so a hash collision costs one syscall and never changes what the merged
+//! view shows; only a layer changed after it was indexed could be misread, and layers must not
+//! change while mounted (as overlayfs also requires).
+//!
+//! Indexes are saved with bincode under a sha256 of the layer's identity (format version,
+//! path, and the root directory's device, inode and times), loaded when the identity matches,
+//! and rebuilt when the file is missing, stale or corrupt. Building runs in the background
+//! after mount; until a layer's index is ready its lookups use plain system calls.
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::whiteout;
+
+/// Bumped whenever the saved format or the meaning of the bits changes.
+const FORMAT: u32 = 1;
+
+pub const DIR: u8 = 1;
+pub const WHITEOUT: u8 = 2;
+pub const OPAQUE: u8 = 4;
+pub const REDIRECT: u8 = 8;
+pub const OBJECT: u8 = 16;
+
+/// Why an index could not be loaded or saved (building never fails: unreadable parts of a
+/// layer are simply not indexed as absent, see [`LayerIndex::build`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read index {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("index {path} is corrupt")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: bincode::error::DecodeError,
+    },
+    #[error("index {path} belongs to another layer or format")]
+    Stale { path: PathBuf },
+    #[error("cannot write index {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The hash of a path relative to a layer root, as the index keys it.
+pub fn key(rel: &Path) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(rel.as_os_str().as_bytes())
+}
+
+/// The names of one lower layer.
+#[derive(Debug, Default)]
+pub struct LayerIndex {
+    marks: HashMap<u64, u8>,
+}
+
+#[derive(bincode::Encode, bincode::Decode)]
+struct Saved {
+    format: u32,
+    identity: [u8; 32],
+    marks: Vec<(u64, u8)>,
+}
+
+impl LayerIndex {
+    /// What the layer holds at `rel` (0: nothing, neither an object nor a whiteout).
+    pub fn marks(&self, rel: &Path) -> u8 {
+        self.marks.get(&key(rel)).copied().unwrap_or(0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.marks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.marks.is_empty()
+    }
+
+    fn mark(&mut self, rel: &Path, bits: u8) {
+        *self.marks.entry(key(rel)).or_insert(0) |= bits;
+    }
+
+    /// Walks the layer at `root` and indexes every entry. A directory that cannot be read is
+    /// left out of the index *as a whole layer*: the index is then not used at all, since it
+    /// could not tell absence from unreadability.
+    pub fn build(root: &Path) -> Option<LayerIndex> {
+        let mut idx = LayerIndex::default();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            let dir = root.join(&rel);
+            idx.mark_dir_attrs(&rel, &dir);
+            for entry in std::fs::read_dir(&dir).ok()? {
+                let entry = entry.ok()?;
+                let name = entry.file_name();
+                let path = rel.join(&name);
+                if name.as_bytes() == whiteout::AUFS_OPAQUE {
+                    idx.mark(&rel, OPAQUE);
+                    continue;
+                }
+                if let Some(hidden) = whiteout::aufs_hidden_name(&name) {
+                    idx.mark(&rel.join(hidden), WHITEOUT);
+                    continue;
+                }
+                let ft = entry.file_type().ok()?;
+                if ft.is_dir() {
+                    idx.mark(&path, OBJECT | DIR);
+                    stack.push(path);
+                } else if ft.is_char_device() && entry.metadata().ok()?.rdev() == 0 {
+                    idx.mark(&path, WHITEOUT);
+                } else {
+                    idx.mark(&path, OBJECT);
+                }
+            }
+        }
+        Some(idx)
+    }
+
+    fn mark_dir_attrs(&mut self, rel: &Path, dir: &Path) {
+        if whiteout::is_opaque_dir(dir) {
+            self.mark(rel, OPAQUE);
+        }
+        if whiteout::redirect_of(dir).is_some() {
+            self.mark(rel, REDIRECT);
+        }
+    }
+
+    /// The identity an index of the layer at `root` is saved under.
+    pub fn identity(root: &Path) -> std::io::Result<[u8; 32]> {
+        let canon = root.canonicalize()?;
+        let md = std::fs::symlink_metadata(&canon)?;
+        let mut h = Sha256::new();
+        h.update(FORMAT.to_le_bytes());
+        h.update(canon.as_os_str().as_bytes());
+        for v in [md.dev(), md.ino()] {
+            h.update(v.to_le_bytes());
+        }
+        for v in [md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec()] {
+            h.update(v.to_le_bytes());
+        }
+        Ok(h.finalize().into())
+    }
+
+    /// Loads the saved index of identity `id` from `dir`.
+    pub fn load(dir: &Path, id: &[u8; 32]) -> Result<LayerIndex, Error> {
+        let path = file_of(dir, id);
+        let bytes = std::fs::read(&path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let (saved, _): (Saved, usize) =
+            bincode::decode_from_slice(&bytes, bincode::config::standard()).map_err(|source| {
+                Error::Corrupt {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        if saved.format != FORMAT || saved.identity != *id {
+            return Err(Error::Stale { path });
+        }
+        Ok(LayerIndex {
+            marks: saved.marks.into_iter().collect(),
+        })
+    }
+
+    /// Saves the index under identity `id` in `dir` (written aside, then renamed into place).
+    pub fn save(&self, dir: &Path, id: &[u8; 32]) -> Result<(), Error> {
+        let path = file_of(dir, id);
+        let write = |source| Error::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(write)?;
+        let saved = Saved {
+            format: FORMAT,
+            identity: *id,
+            marks: self.marks.iter().map(|(k, v)| (*k, *v)).collect(),
+        };
+        let bytes = bincode::encode_to_vec(&saved, bincode::config::standard())
+            .expect("encoding plain integers into memory cannot fail");
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes).map_err(write)?;
+        std::fs::rename(&tmp, &path).map_err(write)
+    }
+
+    /// The index of the layer at `root`: loaded from `dir` when a valid one is saved there,
+    /// else built (and saved, when `dir` is writable).
+    pub fn load_or_build(root: &Path, dir: Option<&Path>) -> Option<LayerIndex> {
+        let id = Self::identity(root).ok();
+        if let (Some(dir), Some(id)) = (dir, &id) {
+            match Self::load(dir, id) {
+                Ok(idx) => return Some(idx),
+                Err(Error::Read { .. }) => {}
+                Err(e) => tracing::info!(error = %e, layer = %root.display(), "rebuilding index"),
+            }
+        }
+        let idx = Self::build(root)?;
+        if let (Some(dir), Some(id)) = (dir, &id) {
+            if let Err(e) = idx.save(dir, id) {
+                tracing::debug!(error = %e, "index not saved");
+            }
+        }
+        Some(idx)
+    }
+}
+
+fn file_of(dir: &Path, id: &[u8; 32]) -> PathBuf {
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    dir.join(format!("{hex}.idx"))
+}
+
+/// Where indexes are kept unless told otherwise: `$UNIONFS_INDEX_DIR`, else the system cache
+/// for root (`/var/cache/unionfs/index`) or the user's (`$XDG_CACHE_HOME` or `~/.cache`).
+pub fn default_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("UNIONFS_INDEX_DIR") {
+        return (!d.is_empty()).then(|| PathBuf::from(d));
+    }
+    if nix::unistd::geteuid().is_root() {
+        return Some(PathBuf::from("/var/cache/unionfs/index"));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
+    Some(base.join("unionfs").join("index"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    fn layer() -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path();
+        std::fs::create_dir_all(p.join("usr/lib")).expect("dirs");
+        std::fs::write(p.join("usr/lib/a"), "a").expect("file");
+        std::fs::write(p.join("usr/.wh.gone"), "").expect("whiteout");
+        std::fs::create_dir(p.join("opq")).expect("dir");
+        std::fs::write(p.join("opq/.wh..wh..opq"), "").expect("marker");
+        d
+    }
+
+    #[test]
+    fn marks_objects_whiteouts_and_opaque_dirs() {
+        let d = layer();
+        let idx = LayerIndex::build(d.path()).expect("build");
+        let m = |p: &str| idx.marks(Path::new(p));
+        assert_eq!(m("usr"), OBJECT | DIR);
+        assert_eq!(m("usr/lib/a"), OBJECT);
+        assert_eq!(m("usr/gone"), WHITEOUT);
+        assert_eq!(m("opq"), OBJECT | DIR | OPAQUE);
+        assert_eq!(m("usr/missing"), 0);
+        assert_eq!(m("usr/.wh.gone"), 0, "markers are not names");
+    }
+
+    #[test]
+    fn saved_index_round_trips_and_bad_ones_are_refused() {
+        let d = layer();
+        let cache = tempfile::tempdir().expect("cache");
+        let id = LayerIndex::identity(d.path()).expect("identity");
+        let idx = LayerIndex::build(d.path()).expect("build");
+        idx.save(cache.path(), &id).expect("save");
+        let back = LayerIndex::load(cache.path(), &id).expect("load");
+        assert_eq!(back.marks, idx.marks);
+
+        let other = [7u8; 32];
+        std::fs::copy(file_of(cache.path(), &id), file_of(cache.path(), &other)).expect("copy");
+        assert!(matches!(
+            LayerIndex::load(cache.path(), &other),
+            Err(Error::Stale { .. })
+        ));
+        std::fs::write(file_of(cache.path(), &id), b"\x01\x02garbage").expect("corrupt");
+        assert!(matches!(
+            LayerIndex::load(cache.path(), &id),
+            Err(Error::Corrupt { .. })
+        ));
+        let rebuilt = LayerIndex::load_or_build(d.path(), Some(cache.path())).expect("rebuild");
+        assert_eq!(rebuilt.marks, idx.marks);
+        assert!(
+            LayerIndex::load(cache.path(), &id).is_ok(),
+            "rebuilt index was saved"
+        );
+    }
+
+    #[test]
+    fn identity_changes_with_the_layer_root() {
+        let d = layer();
+        let before = LayerIndex::identity(d.path()).expect("identity");
+        std::fs::write(d.path().join("new"), "x").expect("change");
+        assert_ne!(before, LayerIndex::identity(d.path()).expect("identity"));
+    }
+
+    #[test]
+    fn name_keys_are_whole_paths() {
+        assert_ne!(key(Path::new("a/bc")), key(Path::new("ab/c")));
+        assert_eq!(
+            key(Path::new(OsStr::from_bytes(b"\xff"))),
+            key(Path::new(OsStr::from_bytes(b"\xff")))
+        );
+    }
+}
