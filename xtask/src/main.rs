@@ -6,6 +6,7 @@
 //! its own dependencies, and it never changes anything outside the workspace's `target/` except
 //! installing the Debian packages the tests need (see [`host`]).
 
+mod bench;
 mod demo;
 mod host;
 mod test;
@@ -19,6 +20,11 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [args...]
 
 tasks:
+  bench [--quick] [--only ROW,...] [--reps N] [--no-build]
+                build unionfs (release) and compare it with kernel overlayfs and fuse-overlayfs
+                on generated stacks (cached in target/bench/stacks/), interleaving targets in
+                every repetition; table on stdout, results.json and results.svg in
+                target/bench/ (root, /dev/fuse)
   demo          build unionfs, mount a generated example stack under target/demo/ and show
                 the merged view, a copy-up, a delete and a directory rename (root, /dev/fuse)
   test [args]   install what the tests need, then run
@@ -32,6 +38,7 @@ fn main() -> ExitCode {
     let rest: Vec<OsString> = args.collect();
     let outcome = match task.as_ref().and_then(|t| t.to_str()) {
         Some("test") => test::run(&rest),
+        Some("bench") => bench::run(&rest),
         Some("demo") if rest.is_empty() => demo::run(),
         Some("demo") => Err(Error::Usage("demo takes no arguments".into())),
         Some("help" | "-h" | "--help") => {

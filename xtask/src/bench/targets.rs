@@ -1,0 +1,338 @@
+//! The filesystems the benchmark compares — kernel overlayfs (the reference), unionfs and
+//! fuse-overlayfs — and how each is mounted over a stack and unmounted again.
+//!
+//! A mount lives in a [`Mounted`] guard: dropping it unmounts (falling back to `umount -l`) and
+//! waits for the FUSE daemon to exit, so that an error anywhere in the benchmark leaves neither
+//! a mount nor a daemon behind. Every mount gets a fresh upper and work directory, so that no
+//! row sees what another wrote.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::quiet;
+use crate::host::{self, Context, Error, Result};
+
+/// Which filesystem a target is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Kernel,
+    Unionfs,
+    FuseOverlayfs,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Kernel => "kernel",
+            Kind::Unionfs => "unionfs",
+            Kind::FuseOverlayfs => "fuse-overlayfs",
+        }
+    }
+}
+
+/// A filesystem to benchmark, with the program that mounts it (none for the kernel's).
+pub struct Target {
+    pub kind: Kind,
+    program: PathBuf,
+    /// `target/bench/run/<name>/`: upper, work, mount point, daemon log.
+    dir: PathBuf,
+}
+
+/// What to mount: lower layers, bottom first (as the stacks list them), and whether to skip
+/// fsyncs (`volatile`).
+pub struct Spec<'a> {
+    pub layers: &'a [PathBuf],
+    pub volatile: bool,
+}
+
+impl Target {
+    pub fn new(kind: Kind, program: PathBuf, run_dir: &Path) -> Target {
+        Target {
+            kind,
+            program,
+            dir: run_dir.join(kind.name()),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    pub fn mount_point(&self) -> PathBuf {
+        self.dir.join("mnt")
+    }
+
+    /// Mounts `spec` on a fresh upper and work directory and returns once the mount is live.
+    pub fn mount(&self, spec: &Spec) -> Result<Mounted> {
+        let (upper, work, mnt) = (
+            self.dir.join("upper"),
+            self.dir.join("work"),
+            self.mount_point(),
+        );
+        for d in [&upper, &work] {
+            remove_tree(d)?;
+            fs::create_dir_all(d).context(|| format!("create {}", d.display()))?;
+        }
+        fs::create_dir_all(&mnt).context(|| format!("create {}", mnt.display()))?;
+        if super::is_mount_point(&mnt) {
+            return Err(Error::Host(format!(
+                "{} is still mounted from an earlier row",
+                mnt.display()
+            )));
+        }
+        let mut cmd = self.mount_command(spec, &upper, &work, &mnt);
+        quiet(&mut cmd)?;
+        let mut mounted = Mounted {
+            kind: self.kind,
+            program: self.program.clone(),
+            mnt,
+            upper,
+            work,
+            daemon: None,
+            live: true,
+        };
+        if !wait_for(Duration::from_secs(5), || {
+            super::is_mount_point(&mounted.mnt)
+        }) {
+            return Err(Error::Unexpected(format!(
+                "`{}` succeeded but {} is not mounted",
+                host::cmdline(&cmd),
+                mounted.mnt.display()
+            )));
+        }
+        if self.kind != Kind::Kernel {
+            mounted.daemon = find_daemon(&self.program, &mounted.mnt);
+        }
+        Ok(mounted)
+    }
+
+    fn mount_command(&self, spec: &Spec, upper: &Path, work: &Path, mnt: &Path) -> Command {
+        let top_first = |layers: &[PathBuf], f: &dyn Fn(&PathBuf) -> String| {
+            layers.iter().rev().map(f).collect::<Vec<_>>().join(":")
+        };
+        match self.kind {
+            Kind::Kernel => {
+                // mount(2) takes at most a page of options: name the layers relative to their
+                // common parent (the mount runs there), so 100 layers still fit.
+                let parent = spec.layers[0].parent().expect("layers live in a stack dir");
+                let lower = top_first(spec.layers, &|l| file_name(l));
+                let mut opts = format!(
+                    "lowerdir={lower},upperdir={},workdir={},redirect_dir=on,index=on",
+                    upper.display(),
+                    work.display()
+                );
+                if spec.volatile {
+                    opts.push_str(",volatile");
+                }
+                let mut cmd = Command::new("mount");
+                cmd.current_dir(parent)
+                    .args(["-t", "overlay", "overlay", "-o", &opts])
+                    .arg(mnt);
+                cmd
+            }
+            Kind::Unionfs => {
+                let lower = top_first(spec.layers, &|l| l.display().to_string());
+                let mut cmd = Command::new(&self.program);
+                cmd.arg("mount")
+                    .arg("--lower")
+                    .arg(lower)
+                    .arg("--upper")
+                    .arg(upper)
+                    .arg("--work")
+                    .arg(work)
+                    .arg("--log-file")
+                    .arg(self.dir.join("daemon.log"));
+                if spec.volatile {
+                    cmd.args(["-o", "volatile"]);
+                }
+                cmd.arg(mnt);
+                cmd
+            }
+            Kind::FuseOverlayfs => {
+                let lower = top_first(spec.layers, &|l| l.display().to_string());
+                let opts = format!(
+                    "lowerdir={lower},upperdir={},workdir={}",
+                    upper.display(),
+                    work.display()
+                );
+                let mut cmd = Command::new(&self.program);
+                cmd.args(["-o", &opts]).arg(mnt);
+                cmd
+            }
+        }
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .expect("layer dirs have a name")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A live mount. [`Mounted::unmount`] reports failures; dropping it unmounts best-effort.
+pub struct Mounted {
+    pub kind: Kind,
+    program: PathBuf,
+    pub mnt: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    /// The FUSE daemon's process id, if it could be found.
+    pub daemon: Option<u32>,
+    live: bool,
+}
+
+impl Mounted {
+    /// The daemon's resident set size in MiB (VmRSS in /proc/PID/status).
+    pub fn daemon_rss_mib(&self) -> Option<f64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.daemon?)).ok()?;
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    }
+
+    /// Unmounts, waits for the daemon to exit and removes the upper and work directories.
+    pub fn unmount(mut self) -> Result<()> {
+        self.live = false;
+        let mut cmd = match self.kind {
+            Kind::Kernel => {
+                let mut c = Command::new("umount");
+                c.arg(&self.mnt);
+                c
+            }
+            Kind::Unionfs => {
+                let mut c = Command::new(&self.program);
+                c.arg("umount").arg(&self.mnt);
+                c
+            }
+            Kind::FuseOverlayfs => {
+                let mut c = Command::new("fusermount3");
+                c.arg("-u").arg(&self.mnt);
+                c
+            }
+        };
+        let result = quiet(&mut cmd);
+        if result.is_err() {
+            force_unmount(&self.mnt);
+        }
+        self.wait_for_daemon()?;
+        result?;
+        remove_tree(&self.upper)?;
+        remove_tree(&self.work)
+    }
+
+    /// The daemon exits by itself once its mount is gone; give it a few seconds.
+    fn wait_for_daemon(&self) -> Result<()> {
+        let Some(pid) = self.daemon else {
+            return Ok(());
+        };
+        let alive = || Path::new(&format!("/proc/{pid}")).exists();
+        if wait_for(Duration::from_secs(10), || !alive()) {
+            Ok(())
+        } else {
+            Err(Error::Unexpected(format!(
+                "{} daemon {pid} still runs 10 s after {} was unmounted",
+                self.kind.name(),
+                self.mnt.display()
+            )))
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if !self.live {
+            return;
+        }
+        eprintln!("cleaning up: unmounting {}", self.mnt.display());
+        let mut cmd = Command::new("umount");
+        cmd.arg(&self.mnt);
+        if quiet(&mut cmd).is_err() {
+            force_unmount(&self.mnt);
+        }
+        if let Err(e) = self.wait_for_daemon() {
+            eprintln!("cleaning up: {e}");
+        }
+    }
+}
+
+/// `umount`, then `umount -l`, each followed by a short wait; the caller checks the table.
+pub fn force_unmount(mnt: &Path) {
+    for lazy in [false, true] {
+        if !super::is_mount_point(mnt) {
+            return;
+        }
+        let mut cmd = Command::new("umount");
+        if lazy {
+            cmd.arg("-l");
+        }
+        cmd.arg(mnt);
+        if let Err(e) = quiet(&mut cmd) {
+            eprintln!("cleaning up: {e}");
+        }
+        wait_for(Duration::from_secs(5), || !super::is_mount_point(mnt));
+    }
+}
+
+/// The process whose command line names `program` and ends with the mount point `mnt`: the
+/// daemon that the mount command left running.
+fn find_daemon(program: &Path, mnt: &Path) -> Option<u32> {
+    let prog_name = program.file_name()?;
+    let mnt = mnt.as_os_str().as_encoded_bytes();
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .collect();
+        let (Some(first), Some(last)) = (args.first(), args.last()) else {
+            continue;
+        };
+        let first_name = Path::new(OsStr::from_bytes(first)).file_name();
+        if first_name == Some(prog_name) && *last == mnt {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Polls `done` every millisecond (then every 20 ms) until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        let pause = if start.elapsed() < Duration::from_millis(100) {
+            1
+        } else {
+            20
+        };
+        std::thread::sleep(Duration::from_millis(pause));
+    }
+    done()
+}
+
+/// Removes `dir` if it exists. Only ever called on upper and work directories of unmounted
+/// targets, never on a live mount.
+pub fn remove_tree(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).context(|| format!("remove {}", dir.display())),
+    }
+}
