@@ -202,6 +202,12 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
     };
     println!("\n{}", report::table(&report));
     report::write_files(&report, &bench_dir)?;
+    let stray = targets::daemons_under(&run_dir);
+    if !stray.is_empty() {
+        return Err(Error::Unexpected(format!(
+            "daemons still running after their mounts were unmounted: pids {stray:?}"
+        )));
+    }
     let failed = report.rows.iter().any(|r| !r.errors.is_empty());
     Ok(if failed {
         println!("==> some runs failed (see the errors above)");

@@ -221,7 +221,9 @@ impl Mounted {
             }
         };
         let result = quiet(&mut cmd);
-        if result.is_err() {
+        if result.is_err()
+            || !wait_for(Duration::from_secs(5), || !super::is_mount_point(&self.mnt))
+        {
             force_unmount(&self.mnt);
         }
         self.wait_for_daemon()?;
@@ -235,8 +237,7 @@ impl Mounted {
         let Some(pid) = self.daemon else {
             return Ok(());
         };
-        let alive = || Path::new(&format!("/proc/{pid}")).exists();
-        if wait_for(Duration::from_secs(10), || !alive()) {
+        if wait_for(Duration::from_secs(10), || !alive(pid)) {
             Ok(())
         } else {
             Err(Error::Unexpected(format!(
@@ -245,6 +246,19 @@ impl Mounted {
                 self.mnt.display()
             )))
         }
+    }
+}
+
+/// Whether process `pid` still runs. A zombie counts as gone: a detached daemon's parent is
+/// init, which may take a while to reap it.
+fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
     }
 }
 
@@ -308,6 +322,23 @@ fn find_daemon(program: &Path, mnt: &Path) -> Option<u32> {
         }
     }
     None
+}
+
+/// Live processes whose command line mentions `dir`: daemons that outlived their mount.
+pub fn daemons_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.as_os_str().as_bytes();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|&pid| pid != std::process::id() && alive(pid))
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+        })
+        .collect()
 }
 
 /// Polls `done` every millisecond (then every 20 ms) until it holds or `limit` passes.
