@@ -112,6 +112,26 @@ pub const NEEDED_TOOLS: &[Tool] = &[
         package: "bsdutils",
         used_by: "tests/run: running `unionfs run -t` under a pseudo-terminal",
     },
+    Tool {
+        command: "podman",
+        package: "podman",
+        used_by: "tests/podman: podman with unionfs as the overlay driver's mount_program",
+    },
+    Tool {
+        command: "buildah",
+        package: "buildah",
+        used_by: "tests/podman: buildah from scratch, copy, mount and commit over unionfs",
+    },
+    Tool {
+        command: "runc",
+        package: "runc",
+        used_by: "tests/podman: the OCI runtime podman runs the test containers with",
+    },
+    Tool {
+        command: "fuse-overlayfs",
+        package: "fuse-overlayfs",
+        used_by: "tests/podman: the reference the mount_program contract is compared with",
+    },
 ];
 
 /// Prints a phase header so that a long log can be read by its steps.
