@@ -293,7 +293,9 @@ fn runc_creates_missing_bind_mount_targets() {
         created.is_ok(),
         "open(O_CREAT|O_RDONLY) of a new file: {created:?}"
     );
-    drop(guard);
+    drop(created);
+    scenario::unmount_and_wait(&store.merged, true);
+    std::mem::forget(guard);
 
     // Then through podman: an image without /etc/hosts or /run/.containerenv.
     let eng = Engine::new(&common::unionfs_bin());
