@@ -199,12 +199,14 @@ impl Engine {
         let _ = self.try_run("podman", &["rm", "--all", "--force", "--time", "0"]);
         let _ = self.try_run("buildah", &["rm", "--all"]);
         let _ = self.try_run("podman", &["system", "reset", "--force"]);
+        crate::invoke::remove_daemon_logs(self.dir.path());
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
         if self.mounts().is_empty() {
+            crate::invoke::remove_daemon_logs(self.dir.path());
             return;
         }
         // A test failed half-way: leave nothing behind for the next one.

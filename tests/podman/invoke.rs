@@ -91,6 +91,36 @@ impl FakeStore {
     }
 }
 
+impl Drop for FakeStore {
+    fn drop(&mut self) {
+        remove_daemon_logs(&self.home);
+    }
+}
+
+/// Removes the log files that detached daemons left in the default log directory for mounts
+/// below `dir` (containers/storage cannot pass `--log-file`, so each mount leaves one).
+pub fn remove_daemon_logs(dir: &Path) {
+    let log_dir = unionfs::config::default_log_dir(true, None, 0);
+    let name = unionfs::config::log_file_name(dir);
+    let prefix = name
+        .as_encoded_bytes()
+        .strip_suffix(b".log")
+        .unwrap_or_default();
+    let Ok(entries) = std::fs::read_dir(&log_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name();
+        let below = n
+            .as_encoded_bytes()
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with(b"-"));
+        if below {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// What one invocation of a mount program did.
 pub struct Invocation {
     pub status: ExitStatus,
