@@ -13,6 +13,8 @@
 
 mod common;
 
+#[path = "podman/contract.rs"]
+mod contract;
 #[path = "podman/engine.rs"]
 mod engine;
 #[path = "podman/invoke.rs"]
@@ -60,13 +62,13 @@ fn containers_storage_invocation_under_both_names() {
         return;
     }
     let links = tempfile::tempdir().expect("temporary directory");
-    let seen_as_unionfs = scenario::exercise(&common::unionfs_bin(), true);
-    let seen_as_link = scenario::exercise(&fuse_overlayfs_link(links.path()), true);
+    let seen_as_unionfs = contract::exercise(&common::unionfs_bin(), true);
+    let seen_as_link = contract::exercise(&fuse_overlayfs_link(links.path()), true);
     assert_eq!(seen_as_unionfs, seen_as_link);
     match find_command("fuse-overlayfs") {
         Some(real) => {
             // What a container tool sees must not change when unionfs replaces fuse-overlayfs.
-            let seen_as_reference = scenario::exercise(&real, false);
+            let seen_as_reference = contract::exercise(&real, false);
             assert_eq!(
                 seen_as_unionfs, seen_as_reference,
                 "unionfs and fuse-overlayfs differ for the same invocation"
@@ -171,7 +173,7 @@ fn podman_invokes_the_mount_program_as_documented() {
     let ctr = eng.podman(&["create", "--name", "probe", "localhost/bb:base", "true"]);
     let merged = PathBuf::from(eng.podman(&["mount", ctr.trim()]).trim());
     let logged = std::fs::read_to_string(&log).expect("the wrapper ran");
-    let call = scenario::Call::parse(&logged);
+    let call = contract::Call::parse(&logged);
     assert_eq!(call.argv.len(), 4, "argv: {:?}", call.argv);
     assert_eq!(call.argv[0], wrapper.to_string_lossy());
     assert_eq!(call.argv[1], "-o");
@@ -202,7 +204,7 @@ fn podman_invokes_the_mount_program_as_documented() {
     progs.extend(find_command("fuse-overlayfs"));
     let trees: Vec<_> = progs
         .iter()
-        .map(|p| scenario::mount_and_walk(p, &opts, &merged, &cwd))
+        .map(|p| contract::mount_and_walk(p, &opts, &merged, &cwd))
         .collect();
     if let [ours, reference] = &trees[..] {
         assert_eq!(ours, reference, "unionfs and fuse-overlayfs differ");
@@ -294,7 +296,7 @@ fn runc_creates_missing_bind_mount_targets() {
         "open(O_CREAT|O_RDONLY) of a new file: {created:?}"
     );
     drop(created);
-    scenario::unmount_and_wait(&store.merged, true);
+    contract::unmount_and_wait(&store.merged, true);
     std::mem::forget(guard);
 
     // Then through podman: an image without /etc/hosts or /run/.containerenv.
