@@ -11,6 +11,7 @@
 //! on drop, and a run first unmounts whatever an interrupted run left under `target/bench/`
 //! (refusing to start if that fails). Everything it writes stays in `target/bench/`.
 
+mod check;
 mod report;
 mod stacks;
 mod targets;
@@ -25,8 +26,8 @@ use std::time::Instant;
 
 use crate::host::{self, Context, Error, Result};
 use report::{Report, Row, Unit};
-use stacks::{DistroParams, StackRef, Stacks};
-use targets::{Kind, Spec, Target};
+use stacks::{DistroParams, Stacks};
+use targets::{Kind, Target};
 use workloads::{Scale, Workload};
 
 const PHASES: usize = 6;
@@ -175,7 +176,7 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
     }
 
     host::phase(4, PHASES, "checking every target shows the same trees");
-    check_trees(&targets, &stacks, &rows)?;
+    check::same_trees(&targets, &stacks, &rows)?;
 
     host::phase(
         5,
@@ -184,24 +185,35 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
     );
     let load_before = loadavg();
     let start = Instant::now();
-    let results = measure_all(&rows, &targets, &stacks, reps);
-    let elapsed = start.elapsed().as_secs_f64();
-
-    host::phase(6, PHASES, "report");
     let mut command = String::from("cargo xtask bench");
     for a in args {
         command.push(' ');
         command.push_str(&a.to_string_lossy());
     }
-    let report = Report {
-        command,
-        targets: targets.iter().map(Target::name).collect(),
+    let names: Vec<&'static str> = targets.iter().map(Target::name).collect();
+    let make_report = |rows: Vec<Row>, completed: usize| Report {
+        command: command.clone(),
+        targets: names.clone(),
         reps,
-        host: host_info(&targets, load_before, elapsed),
-        rows: results,
+        completed,
+        host: host_info(&targets, load_before.clone(), start.elapsed().as_secs_f64()),
+        rows,
     };
+    let mut save = |rows: Vec<Row>, completed: usize| {
+        if let Err(e) = report::write_files(&make_report(rows, completed), &bench_dir) {
+            eprintln!("could not save the results so far: {e}");
+        }
+    };
+    let results = measure_all(&rows, &targets, &stacks, reps, &mut save);
+
+    host::phase(6, PHASES, "report");
+    let report = make_report(results, reps);
     println!("\n{}", report::table(&report));
     report::write_files(&report, &bench_dir)?;
+    println!(
+        "wrote {0}/results.json and {0}/results.svg",
+        bench_dir.display()
+    );
     let stray = targets::daemons_under(&run_dir);
     if !stray.is_empty() {
         return Err(Error::Unexpected(format!(
@@ -240,7 +252,15 @@ fn select(rows: Vec<Workload>, only: &[String]) -> Result<Vec<Workload>> {
 
 /// Runs every row on every target `reps` times, interleaved; a failed run is recorded as an
 /// error of its row and the benchmark goes on.
-fn measure_all(rows: &[Workload], targets: &[Target], stacks: &Stacks, reps: usize) -> Vec<Row> {
+/// `save` gets the rows measured so far after every repetition, so that an interrupted run
+/// still leaves its results.
+fn measure_all(
+    rows: &[Workload],
+    targets: &[Target],
+    stacks: &Stacks,
+    reps: usize,
+    save: &mut dyn FnMut(Vec<Row>, usize),
+) -> Vec<Row> {
     let blank = || vec![vec![None; reps]; targets.len()];
     let mut out: Vec<Row> = rows
         .iter()
@@ -288,116 +308,18 @@ fn measure_all(rows: &[Workload], targets: &[Target], stacks: &Stacks, reps: usi
             }
             println!();
         }
+        save(with_rss(&out, &rss, rows), rep + 1);
     }
+    with_rss(&out, &rss, rows)
+}
+
+/// The measured rows, plus the memory row when a row fills it.
+fn with_rss(out: &[Row], rss: &Row, rows: &[Workload]) -> Vec<Row> {
+    let mut all = out.to_vec();
     if rows.iter().any(|w| w.rss_row.is_some()) {
-        out.push(rss);
+        all.push(rss.clone());
     }
-    out
-}
-
-/// Mounts every stack the rows use on every target and compares the merged trees (names,
-/// types, sizes of files and symlinks) with kernel overlayfs's.
-fn check_trees(targets: &[Target], stacks: &Stacks, rows: &[Workload]) -> Result<()> {
-    let mut used: Vec<StackRef> = Vec::new();
-    for w in rows {
-        if !used.iter().any(|u| same_stack(*u, w.stack)) {
-            used.push(w.stack);
-        }
-    }
-    for which in used {
-        let spec = Spec {
-            layers: stacks.layers(which),
-            volatile: false,
-        };
-        let mut reference = None;
-        for t in targets {
-            let mounted = t.mount(&spec)?;
-            let listing = workloads::listing(&mounted.mnt);
-            mounted.unmount()?;
-            let listing = listing?;
-            match &reference {
-                None => {
-                    sanity(which, &listing)?;
-                    println!("{which:?}: {} entries on {}", listing.len(), t.name());
-                    reference = Some(listing);
-                }
-                Some(want) => {
-                    compare(want, &listing, t.name())?;
-                    println!("{which:?}: {} shows the same tree", t.name());
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn same_stack(a: StackRef, b: StackRef) -> bool {
-    match (a, b) {
-        (StackRef::Distro, StackRef::Distro) => true,
-        (StackRef::Layered(x), StackRef::Layered(y)) => x == y,
-        _ => false,
-    }
-}
-
-/// What the generator promises about the merged distro tree, checked on the kernel's view.
-fn sanity(which: StackRef, listing: &[workloads::Entry]) -> Result<()> {
-    let problem = if listing.iter().any(|e| e.kind == 'c') {
-        Some("a whiteout shows in the merged view")
-    } else if matches!(which, StackRef::Distro)
-        && listing.iter().any(|e| {
-            e.path
-                .starts_with(format!("{}/old", stacks::OPAQUE_DIR).as_bytes())
-        })
-    {
-        Some("the opaque directory shows lower content")
-    } else {
-        None
-    };
-    match problem {
-        Some(p) => Err(Error::Unexpected(format!(
-            "{which:?} stack, kernel view: {p}"
-        ))),
-        None => Ok(()),
-    }
-}
-
-fn compare(want: &[workloads::Entry], got: &[workloads::Entry], name: &str) -> Result<()> {
-    if want == got {
-        return Ok(());
-    }
-    let mut diffs = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    while (i < want.len() || j < got.len()) && diffs.len() < 10 {
-        let (a, b) = (want.get(i), got.get(j));
-        match (a, b) {
-            (Some(a), Some(b)) if a.path == b.path => {
-                if a != b {
-                    diffs.push(format!("{}: kernel {a:?}, {name} {b:?}", show(&a.path)));
-                }
-                i += 1;
-                j += 1;
-            }
-            (Some(a), b) if b.is_none_or(|b| a.path < b.path) => {
-                diffs.push(format!("{}: missing on {name}", show(&a.path)));
-                i += 1;
-            }
-            (_, Some(b)) => {
-                diffs.push(format!("{}: only on {name}", show(&b.path)));
-                j += 1;
-            }
-            _ => break,
-        }
-    }
-    Err(Error::Unexpected(format!(
-        "{name} shows a different tree than kernel overlayfs ({} vs {} entries):\n  {}",
-        got.len(),
-        want.len(),
-        diffs.join("\n  ")
-    )))
-}
-
-fn show(path: &[u8]) -> String {
-    String::from_utf8_lossy(path).into_owned()
+    all
 }
 
 /// Holds `target/bench/lock` for the run, so that two benchmarks never share mount points.
@@ -526,6 +448,35 @@ fn version(program: &Path) -> String {
         .unwrap_or_else(|e| format!("version unknown ({e})"))
 }
 
+/// The commit the unionfs binary was built from, and whether the tree had local changes
+/// (others may be editing while the benchmark runs).
+fn source_revision() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(host::workspace_root())
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        "src",
+        "Cargo.toml",
+    ])
+    .is_some_and(|s| !s.is_empty());
+    if dirty {
+        format!("{head} with uncommitted changes")
+    } else {
+        head
+    }
+}
+
 fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg")
         .map(|s| s.trim().to_string())
@@ -542,6 +493,7 @@ fn host_info(targets: &[Target], load_before: String, elapsed: f64) -> Vec<(Stri
         ("loadavg_after".to_string(), loadavg()),
         ("measuring_seconds".to_string(), format!("{elapsed:.0}")),
     ];
+    info.push(("unionfs_source".to_string(), source_revision()));
     for t in targets.iter().filter(|t| t.kind == Kind::FuseOverlayfs) {
         if let Some(p) = host::find_command("fuse-overlayfs") {
             info.push((t.name().to_string(), version(&p)));

@@ -30,6 +30,7 @@ impl Unit {
 
 /// One row: `samples[target][repetition]`, `None` where the run failed or the target does not
 /// take part in the row.
+#[derive(Clone)]
 pub struct Row {
     pub id: String,
     pub title: String,
@@ -43,6 +44,8 @@ pub struct Report {
     pub command: String,
     pub targets: Vec<&'static str>,
     pub reps: usize,
+    /// Repetitions done so far (the files are rewritten after each).
+    pub completed: usize,
     pub host: Vec<(String, String)>,
     pub rows: Vec<Row>,
 }
@@ -207,6 +210,7 @@ pub fn json(r: &Report) -> String {
     let mut out = String::from("{\n");
     let _ = writeln!(out, "  \"command\": {},", json_str(&r.command));
     let _ = writeln!(out, "  \"repetitions\": {},", r.reps);
+    let _ = writeln!(out, "  \"completed_repetitions\": {},", r.completed);
     let targets: Vec<String> = r.targets.iter().map(|t| json_str(t)).collect();
     let _ = writeln!(out, "  \"targets\": [{}],", targets.join(", "));
     let host: Vec<String> = r
@@ -376,7 +380,6 @@ pub fn write_files(r: &Report, dir: &Path) -> Result<()> {
     fs::write(&json_path, json(r)).context(|| format!("write {}", json_path.display()))?;
     let svg_path = dir.join("results.svg");
     fs::write(&svg_path, svg(r)).context(|| format!("write {}", svg_path.display()))?;
-    println!("wrote {} and {}", json_path.display(), svg_path.display());
     Ok(())
 }
 
@@ -389,6 +392,7 @@ mod tests {
             command: "cargo xtask bench --quick".into(),
             targets: vec!["kernel", "unionfs"],
             reps: 3,
+            completed: 3,
             host: vec![("kernel".into(), "6.x".into())],
             rows: vec![Row {
                 id: "find".into(),

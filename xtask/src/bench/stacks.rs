@@ -61,7 +61,7 @@ pub struct Layered {
 }
 
 /// Which stack a row mounts.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StackRef {
     Distro,
     Layered(usize),
