@@ -7,6 +7,7 @@
 //! installing the Debian packages the tests need (see [`host`]).
 
 mod bench;
+mod conformance;
 mod demo;
 mod host;
 mod test;
@@ -25,6 +26,9 @@ tasks:
                 on generated stacks (cached in target/bench/stacks/), interleaving targets in
                 every repetition; table on stdout, results.json and results.svg in
                 target/bench/ (root, /dev/fuse)
+  conformance [--quick] [--only SUITE,...]
+                pjdfstest, fsx and stress-ng on unionfs and on kernel overlayfs over the same
+                layers; lists cases failing only on unionfs (root, /dev/fuse)
   demo          build unionfs, mount a generated example stack under target/demo/ and show
                 the merged view, a copy-up, a delete and a directory rename (root, /dev/fuse)
   test [args]   install what the tests need, then run
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
     let outcome = match task.as_ref().and_then(|t| t.to_str()) {
         Some("test") => test::run(&rest),
         Some("bench") => bench::run(&rest),
+        Some("conformance") => conformance::run(&rest),
         Some("demo") if rest.is_empty() => demo::run(),
         Some("demo") => Err(Error::Usage("demo takes no arguments".into())),
         Some("help" | "-h" | "--help") => {
