@@ -247,7 +247,7 @@ fn fsx(stack: &Stack, label: &str, env: &Env) -> Result<Cases> {
 }
 
 fn stress_ng(stack: &Stack, label: &str, env: &Env) -> Result<Cases> {
-    let secs = if env.quick { 2 } else { 5 };
+    let secs = if env.quick { 1 } else { 5 };
     let mut cases = Cases::new();
     for name in STRESSORS {
         let log = env.logs.join(format!("stress-ng-{label}-{name}.log"));
