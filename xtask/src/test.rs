@@ -34,7 +34,11 @@ pub fn run(extra: &[OsString]) -> Result<ExitCode> {
         .args(extra);
     let status = host::status(&mut cmd)?;
     // The conformance suites run even after a test failure, so one CI log shows both.
-    host::phase(4, PHASES, "cargo xtask conformance --quick (pjdfstest, fsx, stress-ng)");
+    host::phase(
+        4,
+        PHASES,
+        "cargo xtask conformance --quick (pjdfstest, fsx, stress-ng)",
+    );
     let conformance = crate::conformance::run(&["--quick".into()])?;
     if status.success() && conformance == ExitCode::SUCCESS {
         println!("\n==> all tests passed");
