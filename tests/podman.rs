@@ -7,9 +7,6 @@
 //! fuse-overlayfs when it is installed. The podman tests run podman and buildah against a
 //! private store whose overlay driver uses unionfs, from importing a busybox image through
 //! builds, runs, commits, diffs and exports, and end with nothing mounted.
-//!
-//! Podman tests that a filesystem bug still blocks run only when the variable naming the bug is
-//! set (see [`blocked_by`]); they skip with that name otherwise.
 
 mod common;
 
@@ -27,20 +24,6 @@ use std::path::{Path, PathBuf};
 
 use engine::{busybox_rootfs, find_command, Engine};
 use invoke::{mount_entry, processes_serving, run_mount_program, wait_until, FakeStore};
-
-/// `open(path, O_CREAT|O_RDONLY)` of a new file fails with EIO (runc creates every missing
-/// bind-mount target that way, e.g. `/run/.containerenv`, which buildah whites out after each
-/// `RUN`). Tests needing the fix run only with this variable set to 1.
-const CREATE_RDONLY_BUG: &str = "UNIONFS_PODMAN_CREATE_RDONLY_FIXED";
-
-/// Whether a test blocked by the filesystem bug `var` should run; says why when it does not.
-fn blocked_by(test: &str, var: &str) -> bool {
-    if std::env::var_os(var).is_some_and(|v| v == "1") {
-        return false;
-    }
-    eprintln!("skipping {test}: blocked by a filesystem bug; set {var}=1 once it is fixed");
-    true
-}
 
 fn can_run_podman(test: &str) -> bool {
     common::can_mount(test) && engine::tools_present(test)
@@ -263,7 +246,7 @@ fn multi_stage_build_over_lower_layers() {
 #[test]
 fn build_with_several_runs_then_run_the_result() {
     let name = "build_with_several_runs_then_run_the_result";
-    if !can_run_podman(name) || blocked_by(name, CREATE_RDONLY_BUG) {
+    if !can_run_podman(name) {
         return;
     }
     let eng = Engine::new(&common::unionfs_bin());
@@ -275,7 +258,7 @@ fn build_with_several_runs_then_run_the_result() {
 #[test]
 fn runc_creates_missing_bind_mount_targets() {
     let name = "runc_creates_missing_bind_mount_targets";
-    if !can_run_podman(name) || blocked_by(name, CREATE_RDONLY_BUG) {
+    if !can_run_podman(name) {
         return;
     }
     // The syscall runc makes, first on a bare mount.

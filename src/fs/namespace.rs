@@ -79,9 +79,12 @@ impl UnionFs {
         let is_new_dir = matches!(what, NewObject::Dir { .. });
         let mode = match what {
             NewObject::File { mode, flags } => {
+                // Always writable, even for open(O_CREAT|O_RDONLY) (runc creates bind-mount
+                // targets that way): the caller's own descriptor keeps the mode it asked for,
+                // and exclusive creation needs write access.
                 let f = std::fs::OpenOptions::new()
                     .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
-                    .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+                    .write(true)
                     .create_new(true)
                     .mode(0o600)
                     .custom_flags(

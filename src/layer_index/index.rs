@@ -65,10 +65,11 @@ pub fn key(rel: &Path) -> u64 {
     xxhash_rust::xxh3::xxh3_64(rel.as_os_str().as_bytes())
 }
 
-/// The names of one lower layer.
+/// The names of one lower layer. Keys are already xxh3 hashes, so the map does not hash them
+/// again.
 #[derive(Debug, Default)]
 pub struct LayerIndex {
-    marks: HashMap<u64, u8>,
+    marks: HashMap<u64, u8, nohash_hasher::BuildNoHashHasher<u64>>,
 }
 
 #[derive(bincode::Encode, bincode::Decode)]
@@ -81,7 +82,12 @@ struct Saved {
 impl LayerIndex {
     /// What the layer holds at `rel` (0: nothing, neither an object nor a whiteout).
     pub fn marks(&self, rel: &Path) -> u8 {
-        self.marks.get(&key(rel)).copied().unwrap_or(0)
+        self.marks_of(key(rel))
+    }
+
+    /// [`LayerIndex::marks`] by the path's [`key`].
+    pub fn marks_of(&self, key: u64) -> u8 {
+        self.marks.get(&key).copied().unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {

@@ -161,10 +161,25 @@ enum Seen {
     Object(FileStat),
 }
 
-/// Looks at `dir/name` in one layer, reading both whiteout formats.
-fn look(dir: &Path, name: &OsStr) -> nix::Result<Seen> {
+/// The names of one directory, read for a merged listing: resolving each listed name can then
+/// skip the stat of names a layer does not have.
+type Names = std::collections::HashSet<OsString>;
+
+/// Looks at `dir/name` in one layer, reading both whiteout formats. `listed`, when given, is
+/// that directory's names as just read.
+fn look(dir: &Path, name: &OsStr, listed: Option<&Names>) -> nix::Result<Seen> {
     if whiteout::is_aufs_marker(name) {
         return Ok(Seen::Nothing);
+    }
+    if let Some(names) = listed {
+        if !names.contains(name) {
+            let marker = whiteout::aufs_whiteout_name(name);
+            return Ok(if names.contains(&marker) {
+                Seen::Whiteout
+            } else {
+                Seen::Nothing
+            });
+        }
     }
     match lstat_opt(&dir.join(name))? {
         Some(st) if whiteout::is_overlay_whiteout(&st) => Ok(Seen::Whiteout),
@@ -249,8 +264,13 @@ impl Layers {
 
     /// What lower layer `layer` holds at `rel`, per its index: `None` when not indexed (yet).
     fn indexed(&self, layer: usize, rel: &Path) -> Option<u8> {
+        self.indexed_key(layer, index::key(rel))
+    }
+
+    /// [`Layers::indexed`] by the path's key, for callers asking many layers about one path.
+    fn indexed_key(&self, layer: usize, key: u64) -> Option<u8> {
         let idx = self.indexes.get(layer)?.get()?.as_ref()?;
-        Some(idx.marks(rel))
+        Some(idx.marks_of(key))
     }
 
     /// Whether the lower directory `rel` of `layer` is opaque.
@@ -314,6 +334,16 @@ impl Layers {
     /// stopping at a whiteout, an opaque directory or a non-directory, and following redirects
     /// of renamed directories (overlayfs's `redirect_dir`).
     pub fn resolve(&self, dir: &DirView, name: &OsStr) -> nix::Result<Resolved> {
+        self.resolve_in(dir, name, None)
+    }
+
+    /// [`Layers::resolve`], with the names of `dir`'s layer directories when just read.
+    fn resolve_in(
+        &self,
+        dir: &DirView,
+        name: &OsStr,
+        listed: Option<&Listed>,
+    ) -> nix::Result<Resolved> {
         let mut r = Resolved {
             upper: None,
             upper_whiteout: false,
@@ -325,14 +355,10 @@ impl Layers {
         }
         // Where the lower layers are to be searched: by default the same name in each lower
         // directory of the parent.
-        let mut cands: Vec<(usize, PathBuf)> = dir
-            .lowers
-            .iter()
-            .map(|d| (d.layer, d.path.join(name)))
-            .collect();
+        let mut cands = candidates(dir.lowers.iter().map(|d| (d.layer, &d.path)), name);
         if let (true, Some(upper)) = (dir.in_upper, &self.upper) {
             let updir = upper.join(&dir.path);
-            match look(&updir, name)? {
+            match look(&updir, name, listed.and_then(|l| l.upper.as_ref()))? {
                 Seen::Whiteout => {
                     r.upper_whiteout = true;
                     return Ok(r);
@@ -352,15 +378,27 @@ impl Layers {
             }
         }
         let mut i = 0;
+        // Most candidates share one path: hash it once.
+        let mut keyed: Option<(Arc<Path>, u64)> = None;
         while i < cands.len() {
-            let (layer, path) = cands[i].clone();
+            let layer = cands[i].0;
+            let key = match &keyed {
+                Some((p, k)) if Arc::ptr_eq(p, &cands[i].1) => *k,
+                _ => {
+                    let k = index::key(&cands[i].1);
+                    keyed = Some((cands[i].1.clone(), k));
+                    k
+                }
+            };
             i += 1;
-            if self.indexed(layer, &path) == Some(0) {
+            if self.indexed_key(layer, key) == Some(0) {
                 continue;
             }
+            let path = cands[i - 1].1.to_path_buf();
             let full = self.lowers[layer].join(&path);
             let parent = full.parent().expect("a joined name has a parent");
-            let seen = look(parent, full.file_name().expect("joined name"))?;
+            let names = listed.and_then(|l| l.lower(layer, &path));
+            let seen = look(parent, full.file_name().expect("joined name"), names)?;
             let st = match seen {
                 Seen::Nothing => continue,
                 Seen::Whiteout => break,
@@ -403,24 +441,23 @@ impl Layers {
     }
 
     /// The lower search list after a redirect found in layer `after` (None: in the upper).
-    fn redirected(
-        &self,
-        dir: &DirView,
-        rd: Redirect,
-        after: Option<usize>,
-    ) -> Vec<(usize, PathBuf)> {
+    fn redirected(&self, dir: &DirView, rd: Redirect, after: Option<usize>) -> Vec<Candidate> {
         let below = |l: usize| after.is_none_or(|a| l > a);
         match rd {
-            Redirect::Name(n) => dir
-                .lowers
-                .iter()
-                .filter(|d| below(d.layer))
-                .map(|d| (d.layer, d.path.join(&n)))
-                .collect(),
-            Redirect::Absolute(p) => (0..self.lowers.len())
-                .filter(|l| below(*l))
-                .map(|l| (l, p.clone()))
-                .collect(),
+            Redirect::Name(n) => candidates(
+                dir.lowers
+                    .iter()
+                    .filter(|d| below(d.layer))
+                    .map(|d| (d.layer, &d.path)),
+                &n,
+            ),
+            Redirect::Absolute(p) => {
+                let p: Arc<Path> = Arc::from(p.as_path());
+                (0..self.lowers.len())
+                    .filter(|l| below(*l))
+                    .map(|l| (l, p.clone()))
+                    .collect()
+            }
         }
     }
 
@@ -431,7 +468,7 @@ impl Layers {
             if self.indexed(d.layer, &d.path.join(name)) == Some(0) {
                 continue;
             }
-            match look(&self.lowers[d.layer].join(&d.path), name)? {
+            match look(&self.lowers[d.layer].join(&d.path), name, None)? {
                 Seen::Nothing => continue,
                 Seen::Whiteout => return Ok(false),
                 Seen::Object(_) => return Ok(true),
@@ -445,8 +482,9 @@ impl Layers {
     pub fn list(&self, dir: &DirView) -> nix::Result<Vec<ListEntry>> {
         let mut order: Vec<OsString> = Vec::new();
         let mut seen: HashMap<OsString, ()> = HashMap::new();
-        let mut add = |names: Vec<OsString>| {
-            for n in names {
+        let mut listed = Listed::default();
+        let mut add = |names: &[OsString]| {
+            for n in names.iter().cloned() {
                 let n = match whiteout::aufs_hidden_name(&n) {
                     Some(hidden) => hidden.to_os_string(),
                     None if whiteout::is_aufs_marker(&n) => continue,
@@ -458,14 +496,20 @@ impl Layers {
             }
         };
         if let (true, Some(u)) = (dir.in_upper, &self.upper) {
-            add(read_names(&u.join(&dir.path))?);
+            let names = read_names(&u.join(&dir.path))?;
+            add(&names);
+            listed.upper = Some(names.into_iter().collect());
         }
         for d in &dir.lowers {
-            add(read_names(&self.lowers[d.layer].join(&d.path))?);
+            let names = read_names(&self.lowers[d.layer].join(&d.path))?;
+            add(&names);
+            listed
+                .lowers
+                .push((d.layer, d.path.clone(), names.into_iter().collect()));
         }
         let mut out = Vec::with_capacity(order.len());
         for name in order {
-            let resolved = self.resolve(dir, &name)?;
+            let resolved = self.resolve_in(dir, &name, Some(&listed))?;
             if resolved.exists() {
                 out.push(ListEntry { name, resolved });
             }
@@ -488,6 +532,50 @@ impl Layers {
             (None, Some(l)) => self.inos.map(l.st.st_dev, l.st.st_ino),
             (None, None) => 0,
         }
+    }
+}
+
+/// A place to look for a name: a lower layer and the path in it.
+type Candidate = (usize, Arc<Path>);
+
+/// `name` in each of the given lower directories. Directories of one merged directory mostly
+/// share their path, so the joined path is shared too rather than built per layer.
+fn candidates<'a>(
+    dirs: impl Iterator<Item = (usize, &'a PathBuf)>,
+    name: &OsStr,
+) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = Vec::new();
+    let mut last: Option<(&PathBuf, Arc<Path>)> = None;
+    for (layer, dir) in dirs {
+        let joined = match &last {
+            Some((d, j)) if d.as_os_str() == dir.as_os_str() => j.clone(),
+            _ => {
+                let j: Arc<Path> = Arc::from(dir.join(name).as_path());
+                last = Some((dir, j.clone()));
+                j
+            }
+        };
+        out.push((layer, joined));
+    }
+    out
+}
+
+/// The names of the layer directories of one merged directory, read for its listing.
+#[derive(Default)]
+struct Listed {
+    upper: Option<Names>,
+    lowers: Vec<(usize, PathBuf, Names)>,
+}
+
+impl Listed {
+    /// The names of the directory holding `rel` in lower `layer`, if that directory was read
+    /// (a redirect may send resolution elsewhere).
+    fn lower(&self, layer: usize, rel: &Path) -> Option<&Names> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        self.lowers
+            .iter()
+            .find(|(l, p, _)| *l == layer && p == parent)
+            .map(|(_, _, n)| n)
     }
 }
 

@@ -316,7 +316,24 @@ fn detach(cfg: &MountConfig, mnt: &Path, log: File, log_path: &Path) -> Result<(
                 }
             }
             let code = daemon(cfg, mnt, log, ready);
+            if code == 0 {
+                remove_if_unused(log_path);
+            }
             std::process::exit(code)
+        }
+    }
+}
+
+/// Removes the log at `path` after a clean exit if nothing was logged to it, so that mounts
+/// made by tools that cannot choose a log file (containers/storage) leave none behind. Only
+/// our own log is removed: the file standard error points at must be the one at `path`.
+fn remove_if_unused(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let ours = nix::sys::stat::fstat(std::io::stderr());
+    let there = std::fs::metadata(path);
+    if let (Ok(ours), Ok(there)) = (ours, there) {
+        if ours.st_size == 0 && ours.st_ino == there.ino() && ours.st_dev == there.dev() {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
