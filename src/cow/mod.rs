@@ -243,8 +243,9 @@ impl Upper {
         self.install(&tmp, rel)
     }
 
-    /// Stages a copy of `src` (data and metadata) in the work directory.
-    fn stage_copy(
+    /// Stages a copy of `src` (data and metadata) in the work directory, to be installed with
+    /// [`Upper::install_staged`] or dropped with [`Upper::discard_staged`].
+    pub fn stage_copy(
         &self,
         src: &Path,
         st: &FileStat,
@@ -270,6 +271,20 @@ impl Upper {
                 Err(e)
             }
         }
+    }
+
+    /// Moves an object staged by [`Upper::stage_copy`] to `rel`; `rel` must not exist.
+    pub fn install_staged(&self, tmp: &Path, rel: &Path) -> Result<()> {
+        let r = self.install(tmp, rel);
+        if r.is_err() {
+            self.discard_staged(tmp);
+        }
+        r
+    }
+
+    /// Drops an object staged by [`Upper::stage_copy`] that is no longer needed.
+    pub fn discard_staged(&self, tmp: &Path) {
+        let _ = std::fs::remove_file(tmp);
     }
 
     /// Moves a staged object to `rel` in the upper; `rel` must not exist.

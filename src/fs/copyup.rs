@@ -82,6 +82,71 @@ impl UnionFs {
         self.move_lower_handles(node)
     }
 
+    /// Copies a lower regular file up for a write-open, with the data copy made while no
+    /// namespace lock is held, so a large copy-up does not stall other operations on the mount.
+    /// Concurrent copy-ups of one inode wait for each other (one copy is made); the staged copy
+    /// is renamed into place under the namespace lock, after checking it is still needed.
+    pub(super) fn copy_up_for_write(&self, ino: u64) -> Res<()> {
+        let _one_copy = self.copyup_lock(ino);
+        let staged = {
+            let _ns = self.ns.read();
+            let node = self.node(ino)?;
+            match (&node.lower, self.upper_stat(node.path())?) {
+                (Some(l), None) if !node.is_dir && l.st.st_nlink == 1 => {
+                    let src = self.layers.lowers[l.layer].join(&l.path);
+                    Some((l.clone(), src))
+                }
+                _ => None,
+            }
+        };
+        let staged = match staged {
+            Some((l, src)) => {
+                let up = self.upper()?;
+                let tmp = up.stage_copy(&src, &l.st, ino, false).map_err(|e| {
+                    tracing::warn!(error = %e, "copy-up failed");
+                    e.errno()
+                })?;
+                Some((l, tmp))
+            }
+            None => None,
+        };
+        let _ns = self.ns.write();
+        let node = self.node(ino)?;
+        let up = self.upper()?;
+        match staged {
+            Some((l, tmp))
+                if node
+                    .lower
+                    .as_ref()
+                    .is_some_and(|n| n.layer == l.layer && n.path == l.path)
+                    && self.upper_stat(node.path())?.is_none() =>
+            {
+                let rel = node.path().to_path_buf();
+                self.copy_up_dir_path(rel.parent().unwrap_or(Path::new("")))?;
+                up.install_staged(&tmp, &rel).map_err(|e| e.errno())?;
+                self.invalidate_attr(node.ino);
+                self.move_lower_handles(&node)
+            }
+            other => {
+                if let Some((_, tmp)) = other {
+                    up.discard_staged(&tmp);
+                }
+                self.copy_up(&node, false)
+            }
+        }
+    }
+
+    /// Holds the copy-up lock of `ino` while the guard lives.
+    fn copyup_lock(&self, ino: u64) -> CopyUpGuard<'_> {
+        let lock = self.copyups.lock().entry(ino).or_default().clone();
+        let guard = lock.lock_arc();
+        CopyUpGuard {
+            fs: self,
+            ino,
+            _guard: Some(guard),
+        }
+    }
+
     /// Reopens read-only handles of `node` that still read the lower file on its upper copy.
     fn move_lower_handles(&self, node: &Node) -> Res<()> {
         let handles = self.handles.lower_handles_of(node.ino);
@@ -98,5 +163,25 @@ impl UnionFs {
             *h.on_lower.write() = false;
         }
         Ok(())
+    }
+}
+
+/// A held copy-up lock; the lock's table entry goes when nobody else waits on it.
+pub(super) struct CopyUpGuard<'a> {
+    fs: &'a UnionFs,
+    ino: u64,
+    _guard: Option<parking_lot::ArcMutexGuard<parking_lot::RawMutex, ()>>,
+}
+
+impl Drop for CopyUpGuard<'_> {
+    fn drop(&mut self) {
+        self._guard.take();
+        let mut table = self.fs.copyups.lock();
+        if table
+            .get(&self.ino)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            table.remove(&self.ino);
+        }
     }
 }

@@ -59,6 +59,8 @@ pub struct UnionFs {
     pub(super) table: Mutex<Table>,
     pub(super) handles: Handles,
     /// Tells the kernel to drop cached attributes that a change has made stale.
+    /// Per-inode locks serialising copy-ups made outside the namespace lock.
+    pub(super) copyups: Mutex<std::collections::HashMap<u64, Arc<Mutex<()>>>>,
     /// Whether the kernel agreed to FUSE passthrough at init.
     pub(super) passthrough: std::sync::atomic::AtomicBool,
     /// Set once the session exists (the filesystem is built before it).
@@ -123,6 +125,7 @@ impl UnionFs {
             handles: Handles::default(),
             notifier: Arc::default(),
             passthrough: std::sync::atomic::AtomicBool::new(false),
+            copyups: Mutex::default(),
         })
     }
 

@@ -102,9 +102,13 @@ impl UnionFs {
         let acc = flags & libc::O_ACCMODE;
         let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let (file, on_lower) = if writes {
+            let truncate = flags & libc::O_TRUNC != 0;
+            if !truncate {
+                self.copy_up_for_write(ino)?;
+            }
             let _ns = self.ns.write();
             let node = self.node(ino)?;
-            self.copy_up(&node, flags & libc::O_TRUNC != 0)?;
+            self.copy_up(&node, truncate)?;
             let (b, _) = self.backing(&node)?;
             let f = std::fs::OpenOptions::new()
                 .read(acc != libc::O_WRONLY)
