@@ -262,3 +262,149 @@ fn whiteouts_convert_both_ways() {
     }
     fixture::whiteout_round_trip(Path::new("/"));
 }
+
+/// A base image for the rename tests: two directories to rename (one across parents), a file
+/// with two hard links, built here and imported as a plain layer tar.
+fn rename_base(f: &Fixture) {
+    let src = f.dir("rename-base");
+    for d in ["dir/sub", "a/dir/sub2", "b", "hl"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    std::fs::write(src.join("dir/f1"), b"one").unwrap();
+    std::fs::write(src.join("dir/sub/f2"), b"two").unwrap();
+    std::fs::write(src.join("dir/sub/f3"), b"three").unwrap();
+    std::os::unix::fs::symlink("f1", src.join("dir/link")).unwrap();
+    std::fs::write(src.join("a/dir/g"), b"g").unwrap();
+    std::fs::write(src.join("a/dir/sub2/h"), b"h").unwrap();
+    std::fs::write(src.join("a/keep"), b"k").unwrap();
+    std::fs::write(src.join("b/existing"), b"e").unwrap();
+    std::fs::write(src.join("hl/x"), b"same").unwrap();
+    std::fs::hard_link(src.join("hl/x"), src.join("hl/y")).unwrap();
+    let tar = f.root.path().join("rename-base.tar");
+    let bytes = unionfs::store::pack::pack_layer(&src, Vec::new()).unwrap();
+    std::fs::write(&tar, bytes).unwrap();
+    unionfs_ok(f, &["import", tar.to_str().unwrap(), "base"]);
+}
+
+/// The upper directory of the only container of the store.
+fn container_upper(f: &Fixture) -> std::path::PathBuf {
+    let out = unionfs_ok(f, &["containers", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["upper"].as_str().unwrap().into()
+}
+
+/// Names of a tar's entries, and every PAX key of any entry.
+fn tar_names_and_pax_keys(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
+    let mut names = Vec::new();
+    let mut keys = Vec::new();
+    let mut ar = tar::Archive::new(bytes);
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        names.push(e.path().unwrap().display().to_string());
+        if let Some(exts) = e.pax_extensions().unwrap() {
+            for x in exts {
+                keys.push(x.unwrap().key().unwrap().to_owned());
+            }
+        }
+    }
+    (names, keys)
+}
+
+#[test]
+fn commit_and_diff_of_renamed_directories_keep_their_contents() {
+    if !common::can_mount("commit_and_diff_of_renamed_directories_keep_their_contents") {
+        return;
+    }
+    let f = Fixture::new();
+    rename_base(&f);
+    let mnt = f.dir("mnt");
+    let m = f.mount_image("base", &mnt);
+    std::fs::rename(mnt.join("dir"), mnt.join("newdir")).unwrap();
+    std::fs::rename(mnt.join("a/dir"), mnt.join("b/moved")).unwrap();
+    std::fs::write(mnt.join("newdir/added"), b"added").unwrap();
+    std::fs::remove_file(mnt.join("newdir/sub/f2")).unwrap();
+    std::fs::write(mnt.join("hl/x"), b"changed").unwrap();
+
+    // The upper holds what the test is about: redirects, and a copy-up through the index.
+    let upper = container_upper(&f);
+    for d in ["newdir", "b/moved"] {
+        let names: Vec<String> = xattr::list(upper.join(d))
+            .unwrap()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.ends_with("overlay.redirect")),
+            "{d}: no redirect in {names:?}"
+        );
+    }
+    let hl = std::fs::symlink_metadata(upper.join("hl/x")).unwrap();
+    assert!(
+        std::os::unix::fs::MetadataExt::nlink(&hl) > 1,
+        "hl/x not linked to the index"
+    );
+
+    let diff = unionfs_ok(&f, &["diff", mnt.to_str().unwrap()]);
+    let lines: Vec<&str> = diff.lines().collect();
+    for want in [
+        "D /dir",
+        "A /newdir",
+        "A /newdir/f1",
+        "A /newdir/link",
+        "A /newdir/added",
+        "A /newdir/sub",
+        "A /newdir/sub/f3",
+        "D /a/dir",
+        "A /b/moved",
+        "A /b/moved/g",
+        "A /b/moved/sub2",
+        "A /b/moved/sub2/h",
+        "C /hl/x",
+        "C /hl/y",
+    ] {
+        assert!(lines.contains(&want), "{want} missing in:\n{diff}");
+    }
+    assert!(!diff.contains("f2"), "a deleted file listed:\n{diff}");
+
+    // What commit packs: the renamed directories opaque and complete, no private xattr.
+    let lowers = vec![f
+        .store
+        .join("layers")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("root")];
+    let bytes = unionfs::store::pack::pack_upper(&upper, &lowers, Vec::new()).unwrap();
+    let (names, keys) = tar_names_and_pax_keys(&bytes);
+    for want in [
+        ".wh.dir",
+        "newdir/.wh..wh..opq",
+        "newdir/f1",
+        "newdir/sub/f3",
+        "b/moved/sub2/h",
+        "a/.wh.dir",
+        "hl/x",
+        "hl/y",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} not packed: {names:?}"
+        );
+    }
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.contains("unionfs.") || k.contains("overlay.")),
+        "private xattrs packed: {keys:?}"
+    );
+
+    let merged_after = tree(&mnt);
+    drop(m);
+    unionfs_ok(&f, &["commit", mnt.to_str().unwrap(), "app:v2"]);
+    let mnt2 = f.dir("mnt2");
+    let m2 = f.mount_image("app:v2", &mnt2);
+    assert_eq!(tree(&mnt2), merged_after, "committed image differs");
+    drop(m2);
+}

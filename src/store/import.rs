@@ -246,10 +246,16 @@ impl Store {
         key: &str,
         note: &str,
     ) -> Result<String> {
+        let lowers = base_img
+            .diff_ids()
+            .iter()
+            .rev()
+            .map(|d| self.layer_root(d))
+            .collect::<Result<Vec<_>>>()?;
         let scratch = self.staging("commit")?;
         let tar_path = scratch.join("layer.tar");
         let f = File::create(&tar_path).write_ctx(&tar_path)?;
-        super::pack::pack_layer(upper, f).map_err(|source| Error::Pack {
+        super::pack::pack_upper(upper, &lowers, f).map_err(|source| Error::Pack {
             path: upper.to_owned(),
             source,
         })?;
@@ -260,12 +266,6 @@ impl Store {
             blob_digest: None,
             size: None,
         };
-        let lowers = base_img
-            .diff_ids()
-            .iter()
-            .rev()
-            .map(|d| self.layer_root(d))
-            .collect::<Result<Vec<_>>>()?;
         let label = upper.display().to_string();
         let staged = self.stage_blob(&src, &layer, &label, &lowers, &|_| {})?;
         let mut config = base_img.config.clone();

@@ -19,6 +19,7 @@
 mod containers;
 mod error;
 mod export;
+pub mod flatten;
 mod import;
 pub mod pack;
 mod report;

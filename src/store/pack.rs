@@ -1,6 +1,8 @@
 //! Writes a directory tree as a layer tar: a store layer or an upper directory with its
 //! whiteouts and opaque directories converted to the OCI form (`.wh.<name>`, `.wh..wh..opq`),
-//! or a merged tree of several layers without any marker (the flat export).
+//! or a merged tree of several layers without any marker (the flat export). A renamed
+//! directory of an upper (a redirect) is written as an opaque directory holding its merged
+//! contents (see [`super::flatten`]), since a tar cannot say "my contents are elsewhere".
 //!
 //! The output is deterministic for a given tree (names sorted by bytes, no access times, owner
 //! names left empty), so packing the same layer twice gives the same diffID. It must never
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
+use super::flatten;
 use super::view::{self, is_whiteout_meta};
 use crate::whiteout;
 
@@ -66,6 +69,24 @@ pub fn pack_layer<W: Write>(root: &Path, out: W) -> io::Result<W> {
     p.builder.into_inner()
 }
 
+/// Packs the upper directory `upper` of a container over `lowers` (top-most first), converting
+/// markers to the OCI form and flattening renamed directories.
+pub fn pack_upper<W: Write>(upper: &Path, lowers: &[PathBuf], out: W) -> io::Result<W> {
+    let mut p = Packer::new(out);
+    p.lowers = Some(lowers.to_vec());
+    p.aliases = flatten::indexed_aliases(upper, lowers)?;
+    p.layer_dir(upper, Path::new(""))?;
+    // Names still only in the lowers that show an indexed copy: links to it.
+    let mut rest: Vec<(PathBuf, PathBuf)> = p.aliases.drain().collect();
+    rest.sort_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
+    for (rel, copy) in rest {
+        let path = upper.join(copy);
+        let meta = std::fs::symlink_metadata(&path)?;
+        p.entry(&rel, &path, &meta)?;
+    }
+    p.builder.into_inner()
+}
+
 /// Packs the merged tree of `layers` (top-most first), without markers.
 pub fn pack_merged<W: Write>(layers: &[PathBuf], out: W) -> io::Result<W> {
     let mut p = Packer::new(out);
@@ -79,6 +100,11 @@ struct Packer<W: Write> {
     builder: tar::Builder<W>,
     /// First archive path of each multiply-linked inode, for hard-link entries.
     links: HashMap<(u64, u64), PathBuf>,
+    /// The layers below, when packing an upper directory: renamed directories are flattened.
+    lowers: Option<Vec<PathBuf>>,
+    /// Lower-only names of files copied up through the index, and an upper name of the copy
+    /// (see [`flatten::indexed_aliases`]); removed once written.
+    aliases: HashMap<PathBuf, PathBuf>,
 }
 
 impl<W: Write> Packer<W> {
@@ -88,6 +114,8 @@ impl<W: Write> Packer<W> {
         Packer {
             builder,
             links: HashMap::new(),
+            lowers: None,
+            aliases: HashMap::new(),
         }
     }
 
@@ -114,11 +142,34 @@ impl<W: Write> Packer<W> {
                 continue;
             }
             self.entry(&sub, &path, &meta)?;
-            if meta.is_dir() {
-                self.layer_dir(root, &sub)?;
+            if !meta.is_dir() {
+                continue;
+            }
+            match self.lowers.clone() {
+                Some(lowers) if flatten::is_redirected_dir(&path, &meta) => {
+                    self.flattened_dir(root, &lowers, &sub)?;
+                }
+                _ => self.layer_dir(root, &sub)?,
             }
         }
         Ok(())
+    }
+
+    /// The contents of the renamed directory `rel` of the upper `root`: an opaque marker, then
+    /// every merged entry below it, wherever it lives.
+    fn flattened_dir(&mut self, root: &Path, lowers: &[PathBuf], rel: &Path) -> io::Result<()> {
+        self.marker(&rel.join(OsStr::from_bytes(whiteout::AUFS_OPAQUE)))?;
+        flatten::walk_merged_upper(root, lowers, rel, &mut |sub, path, meta| match self
+            .aliases
+            .remove(sub)
+        {
+            Some(copy) => {
+                let path = root.join(copy);
+                let meta = std::fs::symlink_metadata(&path)?;
+                self.entry(sub, &path, &meta)
+            }
+            None => self.entry(sub, path, meta),
+        })
     }
 
     /// An empty regular file standing for a whiteout or the opaque marker.

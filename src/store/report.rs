@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::error::{Error, Result};
+use super::flatten;
 use super::view::{self, Role};
 use super::Store;
 use crate::whiteout;
@@ -150,6 +151,7 @@ impl Store {
     }
 
     /// `docker diff` of an upper directory against the layers of its image (top-most first).
+    /// A renamed directory is listed with its whole merged contents, as commit packs it.
     pub fn diff_upper(&self, upper: &Path, lowers: &[PathBuf]) -> Result<Vec<DiffLine>> {
         let mut out = Vec::new();
         view::walk_dir(upper, Path::new(""), &mut |rel, meta| {
@@ -178,7 +180,22 @@ impl Store {
                 kind: if in_lower { 'C' } else { 'A' },
                 path: abs,
             });
-            if meta.is_dir() && in_lower && whiteout::is_opaque_dir(&upper.join(rel)) {
+            if flatten::is_redirected_dir(&upper.join(rel), meta) {
+                // A renamed directory: everything it shows is new at this path (a rename can
+                // only replace an empty directory, so nothing below it is deleted).
+                flatten::walk_merged_upper(upper, lowers, rel, &mut |p, _, _| {
+                    let kind = if view::visible(lowers, p)?.is_some() {
+                        'C'
+                    } else {
+                        'A'
+                    };
+                    out.push(DiffLine {
+                        kind,
+                        path: Path::new("/").join(p),
+                    });
+                    Ok(())
+                })?;
+            } else if meta.is_dir() && in_lower && whiteout::is_opaque_dir(&upper.join(rel)) {
                 for child in view::merged_children(lowers, rel)? {
                     let p = rel.join(&child.name);
                     if std::fs::symlink_metadata(upper.join(&p)).is_err() {
@@ -192,6 +209,16 @@ impl Store {
             Ok(())
         })
         .map_err(io_err(upper))?;
+        // Other names of files copied up through the index changed with them.
+        for rel in flatten::indexed_aliases(upper, lowers)
+            .map_err(io_err(upper))?
+            .into_keys()
+        {
+            out.push(DiffLine {
+                kind: 'C',
+                path: Path::new("/").join(rel),
+            });
+        }
         out.sort_by(|a, b| a.path.cmp(&b.path));
         out.dedup();
         Ok(out)
