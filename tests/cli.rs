@@ -157,6 +157,36 @@ fn man_page_is_roff() {
         text.contains("\\-\\-lower") && text.contains("lowerdir="),
         "{text}"
     );
+    // Every command has its own page, named in the main page's SUBCOMMANDS.
+    let main = stdout(&unionfs(["man"]));
+    for (cmd, option) in [
+        ("run", "\\-\\-memory"),
+        ("import", "SOURCE"),
+        ("images", "\\-\\-format"),
+        ("rmi", "NAME"),
+        ("layers", "\\-\\-format"),
+        ("commit", "\\-\\-from"),
+        ("export", "\\-\\-flat"),
+        ("diff", "\\-\\-from"),
+        ("which", "PATH"),
+        ("inspect", "\\-\\-layer"),
+        ("containers", "\\-\\-format"),
+        ("rm", "CONTAINER"),
+    ] {
+        assert!(
+            main.contains(&format!("unionfs\\-{cmd}(1)")),
+            "{cmd}: {main}"
+        );
+        let out = unionfs(["man", cmd]);
+        assert!(out.status.success(), "man {cmd}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            text.contains(&format!(".TH unionfs-{cmd} 1")),
+            "{cmd}: {text}"
+        );
+        assert!(text.contains(option), "man {cmd} lacks {option}: {text}");
+    }
+    assert!(!unionfs(["man", "nope"]).status.success());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -397,3 +397,41 @@ fn tty_is_allocated_inside_with_the_callers_size() {
     );
     assert_eq!(o.status.code(), Some(4));
 }
+
+#[test]
+fn usage_errors_of_run_exit_125() {
+    // Nothing is mounted or started: clap refuses these before `run` does anything.
+    let unionfs = |args: &[&str]| {
+        Command::new(common::unionfs_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    for (args, want) in [
+        (
+            &["run", "--memory"][..],
+            "a value is required for '--memory",
+        ),
+        (
+            &["run", "--no-such-flag", "--lower", "/", "--", "/bin/true"],
+            "unexpected argument '--no-such-flag'",
+        ),
+        (
+            &["run", "--lower", "/"],
+            "required arguments were not provided",
+        ),
+        (&["--root", "/nonexistent", "run", "--bogus"], "'--bogus'"),
+    ] {
+        let o = unionfs(args);
+        assert_eq!(o.status.code(), Some(125), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
+    }
+    let o = unionfs(&["run", "--help"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("Exit status"), "{}", stdout(&o));
+    // Other commands keep clap's usage status.
+    let o = unionfs(&["images", "--bogus"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

@@ -98,7 +98,7 @@ enum Command {
     },
     /// Print the man page (roff); with a command, that command's page (unionfs-mount(1), ...)
     Man {
-        #[arg(value_parser = ["mount", "umount", "completions"])]
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(MAN_PAGES.map(|(n, _)| n)))]
         command: Option<String>,
     },
     /// Run a command in a container whose root is a union of the given layers
@@ -152,7 +152,17 @@ struct UmountArgs {
 const TERMINATING: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(normalize_args(std::env::args_os().collect()));
+    let args = normalize_args(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        // `run` keeps docker's convention: 125 for every error of unionfs itself, usage errors
+        // included (help and version are not errors and exit 0).
+        Err(e) if e.use_stderr() && subcommand_of(&args) == Some(OsStr::new("run")) => {
+            let _ = e.print();
+            return ExitCode::from(125);
+        }
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Mount(args) => store::resolve_mount(args, cli.root.as_deref()).and_then(mount),
         Command::Umount(args) => umount(&args),
@@ -172,6 +182,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The subcommand `args` name: the first argument after the program name and the global
+/// `--root DIR`.
+fn subcommand_of(args: &[OsString]) -> Option<&OsStr> {
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--root" {
+            it.next();
+        } else if !a.as_encoded_bytes().starts_with(b"--root=") {
+            return Some(a);
+        }
+    }
+    None
 }
 
 /// Inserts `mount` when called as `fuse-overlayfs` or with mount options instead of a
@@ -466,19 +490,33 @@ fn fusermount_u(path: &Path, lazy: bool) -> Result<()> {
     Ok(())
 }
 
+/// The commands with a page of their own, and its name. clap names are `&'static str` (its
+/// `string` feature is off), hence a table rather than `format!`.
+const MAN_PAGES: [(&str, &str); 15] = [
+    ("mount", "unionfs-mount"),
+    ("umount", "unionfs-umount"),
+    ("completions", "unionfs-completions"),
+    ("run", "unionfs-run"),
+    ("import", "unionfs-import"),
+    ("images", "unionfs-images"),
+    ("rmi", "unionfs-rmi"),
+    ("layers", "unionfs-layers"),
+    ("commit", "unionfs-commit"),
+    ("export", "unionfs-export"),
+    ("diff", "unionfs-diff"),
+    ("which", "unionfs-which"),
+    ("inspect", "unionfs-inspect"),
+    ("containers", "unionfs-containers"),
+    ("rm", "unionfs-rm"),
+];
+
 fn man(command: Option<&str>) -> Result<()> {
     let mut cmd = Cli::command();
     cmd.build();
     let page = match command {
         None => cmd,
         Some(name) => {
-            // clap names are `&'static str` (its `string` feature is off).
-            const PAGES: [(&str, &str); 3] = [
-                ("mount", "unionfs-mount"),
-                ("umount", "unionfs-umount"),
-                ("completions", "unionfs-completions"),
-            ];
-            let (_, page) = PAGES
+            let (_, page) = MAN_PAGES
                 .iter()
                 .find(|(n, _)| *n == name)
                 .with_context(|| format!("no man page for {name}"))?;
