@@ -209,11 +209,18 @@ impl Store {
             Ok(())
         })
         .map_err(io_err(upper))?;
-        // Other names of files copied up through the index changed with them.
+        // Other names of files copied up through the index changed with them. One below a
+        // renamed directory is not in the lowers at that path and was listed as added above.
         for rel in flatten::indexed_aliases(upper, lowers)
             .map_err(io_err(upper))?
             .into_keys()
         {
+            if view::visible(lowers, &rel)
+                .map_err(io_err(upper))?
+                .is_none()
+            {
+                continue;
+            }
             out.push(DiffLine {
                 kind: 'C',
                 path: Path::new("/").join(rel),
