@@ -396,12 +396,12 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.do_readdir(fh.0, offset) {
+        let (entries, start) = match self.do_readdir(fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(err(e)),
         };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind, &e.name) {
+        for e in &entries[start..] {
+            if reply.add(INodeNo(e.ino), e.cookie, e.kind, &e.name) {
                 break;
             }
         }
@@ -416,12 +416,12 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.do_readdir(fh.0, offset) {
+        let (entries, start) = match self.do_readdir(fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(err(e)),
         };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let next = (i + 1) as u64;
+        for e in &entries[start..] {
+            let next = e.cookie;
             let full = match &e.plus {
                 Some((node, attr)) => {
                     let ttl = entry_ttl(node, attr);

@@ -104,6 +104,14 @@ pub fn entry_ttl(node: &Node, attr: &FileAttr) -> Duration {
     }
 }
 
+/// The readdir offset cookie of a name: a hash of it, above the cookies of `.` and `..` (1, 2)
+/// and below 2^63 (the kernel passes offsets as signed). Two names hashing alike would make a
+/// reader that stops between them skip the second, the same risk ext4's hashed directories take.
+fn name_cookie(name: &OsStr) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    (xxhash_rust::xxh3::xxh3_64(name.as_bytes()) >> 1).max(3)
+}
+
 impl UnionFs {
     pub fn new(layers: Layers, upper: Option<Upper>) -> Res<UnionFs> {
         let (root, _) = layers.root_view()?;
@@ -343,14 +351,20 @@ impl UnionFs {
 
     /// The entries of directory handle `fh` from `offset` on. Reading from offset 0 again
     /// takes a new listing, so a rewound directory shows its current entries.
-    pub fn do_readdir(&self, fh: u64, offset: u64) -> Res<Arc<Vec<DirEntry>>> {
+    ///
+    /// Offsets are cookies that mean the same place in every listing of the directory (the
+    /// kernel's readdir cache is per directory, so a reader may continue with a cookie another
+    /// handle produced): each entry's cookie is a hash of its name, listings are sorted by it,
+    /// and reading resumes after the given cookie. The returned index is where that is.
+    pub fn do_readdir(&self, fh: u64, offset: u64) -> Res<(Arc<Vec<DirEntry>>, usize)> {
         let h = self.handles.dir(fh).ok_or(Errno::EBADF)?;
         let fresh = std::mem::replace(&mut *h.fresh.write(), false);
         if offset == 0 && !fresh {
             *h.entries.write() = Arc::new(self.listing(h.ino)?);
         }
         let entries = h.entries.read().clone();
-        Ok(entries)
+        let start = entries.partition_point(|e| e.cookie <= offset);
+        Ok((entries, start))
     }
 
     fn listing(&self, ino: u64) -> Res<Vec<DirEntry>> {
@@ -364,12 +378,14 @@ impl UnionFs {
             kind: FileType::Directory,
             name: ".".into(),
             plus: None,
+            cookie: 1,
         });
         entries.push(DirEntry {
             ino: node.parent,
             kind: FileType::Directory,
             name: "..".into(),
             plus: None,
+            cookie: 2,
         });
         for e in list {
             let st = e.resolved.stat().expect("listed entries exist");
@@ -378,10 +394,12 @@ impl UnionFs {
             entries.push(DirEntry {
                 ino: node.ino,
                 kind: kind_of(st),
+                cookie: name_cookie(&e.name),
                 name: e.name,
                 plus: Some((node, attr)),
             });
         }
+        entries.sort_by_key(|e| e.cookie);
         Ok(entries)
     }
 

@@ -47,6 +47,8 @@ pub struct DirEntry {
     pub name: OsString,
     /// The entry's node and attributes, for readdirplus (none for `.` and `..`).
     pub plus: Option<(super::inode::Node, fuser::FileAttr)>,
+    /// The offset of the entry after this one (see `UnionFs::do_readdir`).
+    pub cookie: u64,
 }
 
 #[derive(Debug)]
