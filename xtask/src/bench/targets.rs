@@ -220,14 +220,36 @@ impl Mounted {
                 c
             }
         };
-        let result = quiet(&mut cmd);
+        // Another process can hold the mount busy for a moment (a program walking the
+        // workspace, a mount namespace created meanwhile); retry before detaching lazily.
+        let mut result = quiet(&mut cmd);
+        for _ in 0..5 {
+            if result.is_ok() || !super::is_mount_point(&self.mnt) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            result = quiet(&mut cmd);
+        }
         if result.is_err()
             || !wait_for(Duration::from_secs(5), || !super::is_mount_point(&self.mnt))
         {
+            eprintln!(
+                "note: {} stayed busy; detaching it lazily ({})",
+                self.mnt.display(),
+                result
+                    .as_ref()
+                    .err()
+                    .map_or("still listed".into(), ToString::to_string)
+            );
             force_unmount(&self.mnt);
         }
+        if super::is_mount_point(&self.mnt) {
+            return Err(Error::Unexpected(format!(
+                "{} is still mounted after umount -l",
+                self.mnt.display()
+            )));
+        }
         self.wait_for_daemon()?;
-        result?;
         remove_tree(&self.upper)?;
         remove_tree(&self.work)
     }
