@@ -571,3 +571,27 @@ fn special_files_setuid_and_permissions_match_overlayfs() {
         );
     }
 }
+
+/// Found by `cargo fuzz run layer_index_load`: a 45-byte saved index whose entry count is
+/// huge makes `LayerIndex::load` panic (capacity overflow in bincode's `Vec::with_capacity`)
+/// instead of returning an error; a count just small enough to allocate aborts the process.
+/// Known unionfs bug, run with `UNIONFS_QA_KNOWN_BUGS=1`.
+#[test]
+fn corrupt_layer_index_is_an_error() {
+    if std::env::var_os("UNIONFS_QA_KNOWN_BUGS").is_none() {
+        eprintln!("skipping: known LayerIndex::load panic; set UNIONFS_QA_KNOWN_BUGS=1 to run");
+        return;
+    }
+    use unionfs::layer_index::index::LayerIndex;
+    let dir = tempfile::tempdir().unwrap();
+    let id = [0u8; 32];
+    // The fuzzer's input: format varint 10, 32 identity bytes, then 0xfd (a u64 follows)
+    // and a length of about 5.9e18 entries (45 bytes).
+    let mut bytes = b"\n\n-".to_vec();
+    bytes.extend_from_slice(&[b'{'; 28]);
+    bytes.extend_from_slice(&[0xfd, b'-', 0xfd]);
+    bytes.extend_from_slice(&[b'R'; 11]);
+    std::fs::write(dir.path().join(format!("{}.idx", "00".repeat(32))), &bytes).unwrap();
+    let r = std::panic::catch_unwind(|| LayerIndex::load(dir.path(), &id).is_err());
+    assert!(matches!(r, Ok(true)), "corrupt index: panicked or accepted");
+}
