@@ -18,6 +18,15 @@ impl UnionFs {
         self.upper.as_ref().ok_or(Errno::EROFS)
     }
 
+    /// The directory of `view` in the upper: itself when it is there already, else copied up.
+    pub(super) fn upper_dir(&self, view: DirView) -> Res<DirView> {
+        if view.in_upper {
+            self.upper()?;
+            return Ok(view);
+        }
+        self.copy_up_dir_path(&view.path)
+    }
+
     /// Makes sure the merged directory at `rel` exists in the upper, copying up every missing
     /// ancestor from the lower. Returns its view.
     pub(super) fn copy_up_dir_path(&self, rel: &Path) -> Res<DirView> {

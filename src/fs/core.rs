@@ -344,9 +344,13 @@ impl UnionFs {
     }
 
     /// Takes the merged listing of directory `ino` for a new directory handle.
+    ///
+    /// The listing is taken only when the kernel reads the directory: with its readdir cache
+    /// still valid it opens and closes the directory without reading it.
     pub fn do_opendir(&self, ino: u64) -> Res<u64> {
-        let entries = self.listing(ino)?;
-        Ok(self.handles.add_dir(ino, entries))
+        let _ns = self.ns.read();
+        self.dir_view(ino)?;
+        Ok(self.handles.add_dir(ino))
     }
 
     /// The entries of directory handle `fh` from `offset` on. Reading from offset 0 again
@@ -358,11 +362,16 @@ impl UnionFs {
     /// and reading resumes after the given cookie. The returned index is where that is.
     pub fn do_readdir(&self, fh: u64, offset: u64) -> Res<(Arc<Vec<DirEntry>>, usize)> {
         let h = self.handles.dir(fh).ok_or(Errno::EBADF)?;
-        let fresh = std::mem::replace(&mut *h.fresh.write(), false);
-        if offset == 0 && !fresh {
-            *h.entries.write() = Arc::new(self.listing(h.ino)?);
-        }
-        let entries = h.entries.read().clone();
+        // Bound first: a guard in the match scrutinee would live through the arms.
+        let current = h.entries.read().clone();
+        let entries = match current {
+            Some(e) if offset != 0 => e,
+            _ => {
+                let e = Arc::new(self.listing(h.ino)?);
+                *h.entries.write() = Some(e.clone());
+                e
+            }
+        };
         let start = entries.partition_point(|e| e.cookie <= offset);
         Ok((entries, start))
     }

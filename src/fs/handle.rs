@@ -54,10 +54,9 @@ pub struct DirEntry {
 #[derive(Debug)]
 pub struct DirHandle {
     pub ino: u64,
-    /// The listing; retaken when the directory is read from the start again (rewinddir).
-    pub entries: RwLock<Arc<Vec<DirEntry>>>,
-    /// Whether `entries` was taken by opendir and not read yet.
-    pub fresh: RwLock<bool>,
+    /// The listing, taken at the first read and again whenever the directory is read from the
+    /// start (rewinddir).
+    pub entries: RwLock<Option<Arc<Vec<DirEntry>>>>,
 }
 
 #[derive(Debug, Default)]
@@ -126,12 +125,11 @@ impl Handles {
             .collect()
     }
 
-    pub fn add_dir(&self, ino: u64, entries: Vec<DirEntry>) -> u64 {
+    pub fn add_dir(&self, ino: u64) -> u64 {
         let fh = self.next();
         let h = DirHandle {
             ino,
-            entries: RwLock::new(Arc::new(entries)),
-            fresh: RwLock::new(true),
+            entries: RwLock::new(None),
         };
         self.dirs.lock().insert(fh, Arc::new(h));
         fh

@@ -63,7 +63,7 @@ impl UnionFs {
         if r.exists() {
             return Err(Errno::EEXIST);
         }
-        let view = self.copy_up_dir_path(&pview.path)?;
+        let view = self.upper_dir(pview)?;
         let dir_st = layer_index::lstat(&up.path(&view.path))?;
         let sgid = dir_st.st_mode & libc::S_ISGID != 0;
         let gid = if sgid { dir_st.st_gid } else { who.gid };
@@ -86,7 +86,7 @@ impl UnionFs {
                     .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
                     .write(true)
                     .create_new(true)
-                    .mode(0o600)
+                    .mode(mode & 0o777)
                     .custom_flags(
                         flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT),
                     )
@@ -96,7 +96,7 @@ impl UnionFs {
                 mode
             }
             NewObject::Dir { mode } => {
-                nix::unistd::mkdir(&at, Mode::from_bits_truncate(0o700))?;
+                nix::unistd::mkdir(&at, Mode::from_bits_truncate(mode & 0o777))?;
                 mode | if sgid { libc::S_ISGID } else { 0 }
             }
             NewObject::Node { mode, rdev } => {
@@ -105,7 +105,7 @@ impl UnionFs {
                     // 0/0 is a whiteout; overlayfs refuses to create one too.
                     return Err(Errno::EPERM);
                 }
-                nix::sys::stat::mknod(&at, kind, Mode::from_bits_truncate(0o600), rdev)?;
+                nix::sys::stat::mknod(&at, kind, Mode::from_bits_truncate(mode & 0o777), rdev)?;
                 mode
             }
             NewObject::Symlink { target } => {
@@ -121,7 +121,9 @@ impl UnionFs {
                 Some(Gid::from_raw(gid)),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
             )?;
-            if !matches!(what, NewObject::Symlink { .. }) {
+            // Objects are created with their permission bits already (the daemon's umask is 0,
+            // see `fs::mount`); set-id and sticky bits are set after chown, which clears them.
+            if !matches!(what, NewObject::Symlink { .. }) && mode & 0o7000 != 0 {
                 nix::sys::stat::fchmodat(
                     AT_FDCWD,
                     &at,
@@ -173,7 +175,7 @@ impl UnionFs {
             return Err(Errno::EEXIST);
         }
         self.copy_up(&node, false)?;
-        let view = self.copy_up_dir_path(&pview.path)?;
+        let view = self.upper_dir(pview)?;
         let src = up.path(node.path());
         let dst = up.path(&view.path.join(name));
         let link = |to: &Path| nix::unistd::linkat(AT_FDCWD, &src, AT_FDCWD, to, AtFlags::empty());
@@ -200,7 +202,7 @@ impl UnionFs {
             return Err(Errno::EISDIR);
         }
         let positive = self.layers.lower_positive(&pview, name)?;
-        let view = self.copy_up_dir_path(&pview.path)?;
+        let view = self.upper_dir(pview.clone())?;
         let rel = view.path.join(name);
         let node = self.node_from(parent, &pview, name, &r);
         self.drop_link(&node)?;
@@ -226,7 +228,7 @@ impl UnionFs {
             return Err(Errno::ENOTEMPTY);
         }
         let positive = self.layers.lower_positive(&pview, name)?;
-        self.copy_up_dir_path(&pview.path)?;
+        self.upper_dir(pview.clone())?;
         if positive {
             up.whiteout(&rel).map_err(|e| e.errno())?;
         } else {
@@ -307,7 +309,7 @@ impl UnionFs {
         let old_positive = self.layers.lower_positive(&v1, n1)?;
 
         self.copy_up(&self.node_from(p1, &v1, n1, &r1), false)?;
-        let v2 = self.copy_up_dir_path(&v2.path)?;
+        let v2 = self.upper_dir(v2)?;
         if exchange {
             self.copy_up(&self.node_from(p2, &v2, n2, &r2), false)?;
         }
