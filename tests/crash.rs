@@ -337,7 +337,8 @@ fn run_scenario(mut sc: impl Scenario, seed: u64) {
         for i in 0..n {
             trial(&s, &sc, i, &mut rng, &mut tally);
         }
-        for p in walk(&s.mnt) {
+        let mnt = s.mnt.clone();
+        for p in daemon::within("walk the merged tree", LIMIT, move || walk(&mnt)) {
             assert!(is_known_name(&p), "unexpected name in merged view: {p:?}");
         }
     }));
@@ -394,9 +395,12 @@ fn trial(s: &Stack, sc: &Arc<impl Scenario>, i: usize, rng: &mut Rng, tally: &mu
     );
     unionfs_umount(&mnt);
     mount(s);
-    sc.check(&mnt, i, completed);
-    let durable = std::fs::read(mnt.join(format!("sync-{i}"))).expect("fsynced file lost");
-    assert_eq!(durable, format!("durable {i}").into_bytes(), "sync-{i}");
+    let sc = sc.clone();
+    daemon::within("check after remount", LIMIT, move || {
+        sc.check(&mnt, i, completed);
+        let durable = std::fs::read(mnt.join(format!("sync-{i}"))).expect("fsynced file lost");
+        assert_eq!(durable, format!("durable {i}").into_bytes(), "sync-{i}");
+    });
 }
 
 #[test]
