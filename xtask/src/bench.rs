@@ -12,6 +12,7 @@
 //! (refusing to start if that fails). Everything it writes stays in `target/bench/`.
 
 mod check;
+mod launch;
 mod report;
 mod stacks;
 mod targets;
@@ -159,6 +160,7 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
             .iter()
             .map(|&n| stacks::layered(&stack_dir, n))
             .collect::<Result<_>>()?,
+        busybox: stacks::busybox(&stack_dir)?,
     };
     let rows = select(workloads::all(&scale, &stacks), &opts.only)?;
 

@@ -2,10 +2,12 @@
 //! every machine) measures the same trees, and cached under `target/bench/stacks/<key>/`, keyed
 //! by every parameter, so that a rerun skips the generation.
 //!
-//! Two kinds: a distro-like five-layer stack ([`Distro`]) and the lookup-scaling stacks of 1, 10
-//! and 100 layers ([`Layered`]). A stack is built in `<key>.tmp/` and renamed into place only
-//! when complete, so a half-written stack is never mistaken for a cached one. A cached stack is
-//! used as a lower layer of live mounts and must never be written once renamed into place.
+//! Three kinds: a distro-like five-layer stack ([`Distro`]), the lookup-scaling stacks of 1, 10
+//! and 100 layers ([`Layered`]) and a one-layer root filesystem holding the host's static busybox
+//! for the container-launch rows ([`Busybox`]). A stack is built in `<key>.tmp/` and renamed
+//! into place only when complete, so a half-written stack is never mistaken for a cached one. A
+//! cached stack is used as a lower layer of live mounts and must never be written once renamed
+//! into place.
 
 use std::collections::HashSet;
 use std::fs;
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::quiet;
-use crate::host::{Context, Result};
+use crate::host::{Context, Error, Result};
 
 /// Bumped whenever the generator changes what it writes, so that old caches are not reused.
 const GENERATOR_VERSION: u32 = 1;
@@ -60,17 +62,24 @@ pub struct Layered {
     pub bottom_only: Vec<String>,
 }
 
+/// A one-layer root filesystem: a static busybox with its applets as symlinks.
+pub struct Busybox {
+    pub layers: Vec<PathBuf>,
+}
+
 /// Which stack a row mounts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StackRef {
     Distro,
     Layered(usize),
+    Busybox,
 }
 
 /// Every stack of a run.
 pub struct Stacks {
     pub distro: Distro,
     pub layered: Vec<Layered>,
+    pub busybox: Busybox,
 }
 
 impl Stacks {
@@ -86,6 +95,7 @@ impl Stacks {
                     .expect("every layer count in the rows was generated")
                     .layers
             }
+            StackRef::Busybox => &self.busybox.layers,
         }
     }
 }
@@ -189,6 +199,54 @@ fn cached(root: &Path, key: &str, build: impl FnOnce(&Path) -> Result<()>) -> Re
         start.elapsed().as_secs_f64()
     );
     Ok(dir)
+}
+
+/// Where Debian's busybox-static installs the binary (`cargo xtask test` installs it, as
+/// tests/run.rs needs it too).
+const BUSYBOX: [&str; 2] = ["/bin/busybox", "/usr/bin/busybox"];
+/// The applets linked into the busybox root, as `bin/NAME -> busybox`.
+const BUSYBOX_APPLETS: [&str; 4] = ["sh", "true", "cat", "ls"];
+
+/// Returns the busybox root, copying the host's static busybox unless cached. The key holds
+/// the binary's size and modification time, so that an upgraded busybox makes a new stack.
+pub fn busybox(root: &Path) -> Result<Busybox> {
+    let bin = BUSYBOX
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Host(
+                "no static busybox in /bin or /usr/bin (apt-get install busybox-static)".into(),
+            )
+        })?;
+    let meta = fs::metadata(bin).context(|| format!("stat {}", bin.display()))?;
+    let key = format!(
+        "busybox-v{GENERATOR_VERSION}-{}-{}",
+        meta.len(),
+        meta.modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs())
+    );
+    let dir = cached(root, &key, |tmp| write_busybox(tmp, bin))?;
+    Ok(Busybox {
+        layers: vec![dir.join("l0")],
+    })
+}
+
+/// `l0/bin/busybox` with its applets, and the empty directories a root needs.
+fn write_busybox(root: &Path, bin: &Path) -> Result<()> {
+    let layer = root.join("l0");
+    for d in ["bin", "etc", "tmp", "proc", "dev", "sys"] {
+        let p = layer.join(d);
+        fs::create_dir_all(&p).context(|| format!("create {}", p.display()))?;
+    }
+    let to = layer.join("bin/busybox");
+    fs::copy(bin, &to).context(|| format!("copy {} to {}", bin.display(), to.display()))?;
+    for a in BUSYBOX_APPLETS {
+        symlink("busybox", &layer.join("bin").join(a))?;
+    }
+    Ok(())
 }
 
 const DISTRO_LAYERS: usize = 5;

@@ -66,8 +66,24 @@ impl Target {
         self.dir.join("mnt")
     }
 
+    /// The program that mounts this target (`unionfs` itself for [`Kind::Unionfs`]).
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// `target/bench/run/<name>/state`: where `unionfs run` creates its read/write layers.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
     /// Mounts `spec` on a fresh upper and work directory and returns once the mount is live.
     pub fn mount(&self, spec: &Spec) -> Result<Mounted> {
+        self.mount_timed(spec).map(|(m, _)| m)
+    }
+
+    /// [`Target::mount`], also returning how long the mount command took until the mount was
+    /// live; preparing the directories and finding the daemon are not counted.
+    pub fn mount_timed(&self, spec: &Spec) -> Result<(Mounted, Duration)> {
         let (upper, work, mnt) = (
             self.dir.join("upper"),
             self.dir.join("work"),
@@ -85,6 +101,7 @@ impl Target {
             )));
         }
         let mut cmd = self.mount_command(spec, &upper, &work, &mnt);
+        let start = Instant::now();
         quiet(&mut cmd)?;
         let mut mounted = Mounted {
             kind: self.kind,
@@ -104,10 +121,11 @@ impl Target {
                 mounted.mnt.display()
             )));
         }
+        let took = start.elapsed();
         if self.kind != Kind::Kernel {
             mounted.daemon = find_daemon(&self.program, &mounted.mnt);
         }
-        Ok(mounted)
+        Ok((mounted, took))
     }
 
     fn mount_command(&self, spec: &Spec, upper: &Path, work: &Path, mnt: &Path) -> Command {
@@ -201,8 +219,15 @@ impl Mounted {
     }
 
     /// Unmounts, waits for the daemon to exit and removes the upper and work directories.
-    pub fn unmount(mut self) -> Result<()> {
+    pub fn unmount(self) -> Result<()> {
+        self.unmount_timed().map(drop)
+    }
+
+    /// [`Mounted::unmount`], also returning how long it took until the mount was gone and the
+    /// daemon had exited; removing the upper and work directories is not counted.
+    pub fn unmount_timed(mut self) -> Result<Duration> {
         self.live = false;
+        let start = Instant::now();
         let mut cmd = match self.kind {
             Kind::Kernel => {
                 let mut c = Command::new("umount");
@@ -250,8 +275,10 @@ impl Mounted {
             )));
         }
         self.wait_for_daemon()?;
+        let took = start.elapsed();
         remove_tree(&self.upper)?;
-        remove_tree(&self.work)
+        remove_tree(&self.work)?;
+        Ok(took)
     }
 
     /// The daemon exits by itself once its mount is gone; give it a few seconds.

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use super::launch::{self, Launch};
 use super::stacks::{self, Rng, StackRef, Stacks};
 use super::targets::{Kind, Spec, Target};
 use crate::host::{self, Context, Error, Result};
@@ -47,6 +48,8 @@ pub enum Op {
     MissingStat { n: usize },
     /// The mount itself, until the mount point is live.
     MountTime,
+    /// Mount, launch and unmount, timed as a whole by [`launch::measure`].
+    Launch(Launch),
 }
 
 /// How the target is prepared before the timed part.
@@ -251,7 +254,29 @@ pub fn all(scale: &Scale, stacks: &Stacks) -> Vec<Workload> {
         Op::MountTime,
         PrimeLayers,
     ));
+    rows.extend(launch_rows());
     rows
+}
+
+/// The `run-true` rows; both take kernel overlayfs + `unshare … chroot MNT /bin/true` as the
+/// reference (see [`launch`]).
+fn launch_rows() -> Vec<Workload> {
+    let mut run = Workload::new(
+        "run-true",
+        "/bin/true: unionfs run --rm vs mount+unshare chroot+umount".into(),
+        StackRef::Busybox,
+        Op::Launch(Launch::RunTrue),
+        Prep::PrimeLayers,
+    );
+    run.kernel_and_unionfs_only = true;
+    let mount = Workload::new(
+        "run-true-mount",
+        "mount+umount alone, no command (kernel: as above)".into(),
+        StackRef::Busybox,
+        Op::Launch(Launch::MountOnly),
+        Prep::PrimeLayers,
+    );
+    vec![run, mount]
 }
 
 fn mib(bytes: u64) -> String {
@@ -276,6 +301,13 @@ pub fn measure(w: &Workload, target: &Target, stacks: &Stacks) -> Result<Measure
         volatile: w.volatile,
     };
     prime(w.prep, layers)?;
+    if let Op::Launch(row) = w.op {
+        let secs = launch::measure(row, target, layers)?;
+        return Ok(Measured {
+            secs,
+            rss_mib: None,
+        });
+    }
     let start = Instant::now();
     let mounted = target.mount(&spec)?;
     let mount_secs = start.elapsed().as_secs_f64();
@@ -380,7 +412,7 @@ fn run_op(op: Op, mnt: &Path, stacks: &Stacks) -> Result<()> {
             }
             Ok(())
         }
-        Op::MountTime => Ok(()),
+        Op::MountTime | Op::Launch(_) => Ok(()),
     }
 }
 
