@@ -108,12 +108,6 @@ fn threads_and_processes_share_directories() {
     if !common::can_mount("threads_and_processes_share_directories") {
         return;
     }
-    // Known unionfs bug (reported): a merged listing returns a lower name twice, and readdir
-    // of a directory that exists fails with ENOENT, while entries are renamed and deleted.
-    if std::env::var_os("UNIONFS_QA_KNOWN_BUGS").is_none() {
-        eprintln!("skipping: known unionfs readdir bug; set UNIONFS_QA_KNOWN_BUGS=1 to run");
-        return;
-    }
     shared_directories(false);
 }
 
