@@ -1,11 +1,14 @@
 //! Integration tests of the image store through the `unionfs` binary, against tools nobody
 //! here wrote: images built with `umoci`, converted with `skopeo`, imported, mounted by name and
-//! compared with `umoci unpack`; exports read back by both; hostile archives refused with
-//! nothing added to the store or written outside it. Every test uses its own `--root`.
+//! compared with `umoci unpack`; exports read back by both, and pulled and run by podman;
+//! hostile archives refused with nothing added to the store or written outside it. Every test
+//! uses its own `--root`.
 
 mod common;
 #[path = "store/fixture.rs"]
 mod fixture;
+#[path = "store/podman.rs"]
+mod podman;
 
 use std::path::Path;
 
@@ -127,6 +130,54 @@ fn umoci_image_mounts_like_umoci_unpack_and_round_trips() {
     unionfs_ok(&f, &["rmi", "app:v2"]);
     unionfs_ok(&f, &["rmi", "app:v3"]);
     assert_eq!(stored_layers(&f), 0);
+}
+
+/// An exported image is a layout podman reads back (vfs driver, no mount program): same
+/// layers as the export's config, and a container from it sees the top layer's file and not
+/// the one its whiteout deletes.
+#[test]
+fn podman_pulls_and_runs_an_exported_image() {
+    if !podman::tools_present("podman_pulls_and_runs_an_exported_image") {
+        return;
+    }
+    let f = Fixture::new();
+    let layout = podman::busybox_image(&f);
+    unionfs_ok(
+        &f,
+        &["import", &format!("{}:t", layout.display()), "box:v1"],
+    );
+    let p = podman::Podman::new();
+    let exported = p.path("export");
+    unionfs_ok(&f, &["export", "box:v1", exported.to_str().unwrap()]);
+    let diff_ids = podman::layout_diff_ids(&exported, "v1");
+    assert_eq!(diff_ids.len(), 2, "{diff_ids:?}");
+
+    let pulled = p.run(&["pull", "--quiet", &format!("oci:{}:v1", exported.display())]);
+    let id = pulled
+        .lines()
+        .last()
+        .expect("podman pull prints the id")
+        .trim();
+    let layers = p.run(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RootFS.Layers}}",
+        id,
+    ]);
+    let layers: Vec<String> = serde_json::from_str(layers.trim()).unwrap();
+    assert_eq!(layers, diff_ids, "podman's layers differ from the export's");
+
+    let run = |script: &str| p.run(&["run", "--rm", "--network=none", id, "/bin/sh", "-c", script]);
+    assert_eq!(run("cat /etc/message"), "from layer two\n");
+    assert_eq!(
+        run("test -e /etc/old && echo present || echo deleted"),
+        "deleted\n"
+    );
+    let containers = p.run(&["ps", "--all", "--quiet"]);
+    assert_eq!(containers.trim(), "", "--rm left containers");
+    p.run(&["rmi", id]);
+    drop(p);
 }
 
 fn stored_layers(f: &Fixture) -> usize {
