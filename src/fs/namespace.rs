@@ -201,11 +201,11 @@ impl UnionFs {
         if r.is_dir() {
             return Err(Errno::EISDIR);
         }
-        let positive = self.layers.lower_positive(&pview, name)?;
+        let positive = self.lower_positive(&pview, name, &r)?;
         let view = self.upper_dir(pview.clone())?;
         let rel = view.path.join(name);
         let node = self.node_from(parent, &pview, name, &r);
-        self.drop_link(&node)?;
+        self.drop_link(&node, &r)?;
         if positive {
             up.whiteout(&rel).map_err(|e| e.errno())?;
         } else {
@@ -227,7 +227,7 @@ impl UnionFs {
         if !self.layers.list(&r.dir_view(rel.clone()))?.is_empty() {
             return Err(Errno::ENOTEMPTY);
         }
-        let positive = self.layers.lower_positive(&pview, name)?;
+        let positive = self.lower_positive(&pview, name, &r)?;
         self.upper_dir(pview.clone())?;
         if positive {
             up.whiteout(&rel).map_err(|e| e.errno())?;
@@ -244,8 +244,12 @@ impl UnionFs {
     /// Counts one name less for a non-directory about to be removed or replaced. A lower file
     /// with several links is copied up first (into the index, as overlayfs's
     /// `ovl_nlink_start` does), so that the count of its remaining names is kept there.
-    fn drop_link(&self, node: &super::inode::Node) -> Res<()> {
+    fn drop_link(&self, node: &super::inode::Node, r: &Resolved) -> Res<()> {
         let up = self.upper()?;
+        // Only an object with several links can be (or become) an indexed copy.
+        if r.stat().is_none_or(|st| st.st_nlink <= 1) {
+            return Ok(());
+        }
         if node.lower.as_ref().is_some_and(|l| l.st.st_nlink > 1) {
             self.copy_up(node, false)?;
         }
@@ -254,6 +258,16 @@ impl UnionFs {
             up.adjust_nlink(b.path(), -1)?;
         }
         Ok(())
+    }
+
+    /// Whether a lower layer shows an object at `name` (so removing or renaming it away must
+    /// leave a whiteout). With nothing in the upper, resolution has answered it already: it
+    /// walked the same lower directories from the top.
+    fn lower_positive(&self, dir: &DirView, name: &OsStr, r: &Resolved) -> Res<bool> {
+        if r.upper.is_none() && !r.upper_whiteout {
+            return Ok(r.lower.is_some());
+        }
+        Ok(self.layers.lower_positive(dir, name)?)
     }
 
     fn resolve_existing(&self, parent: u64, name: &OsStr) -> Res<(DirView, Resolved, u64)> {
@@ -306,7 +320,7 @@ impl UnionFs {
         let old_rel = v1.path.join(n1);
         let new_rel = v2.path.join(n2);
         let samedir = p1 == p2;
-        let old_positive = self.layers.lower_positive(&v1, n1)?;
+        let old_positive = self.lower_positive(&v1, n1, &r1)?;
 
         self.copy_up(&self.node_from(p1, &v1, n1, &r1), false)?;
         let v2 = self.upper_dir(v2)?;
@@ -324,7 +338,7 @@ impl UnionFs {
             self.mark_moved_dir(&new_rel, n2, samedir, !r2.lower_dirs.is_empty(), &v1)?;
         }
         if !exchange && r2.exists() && !new_dir {
-            self.drop_link(&self.node_from(p2, &v2, n2, &r2))?;
+            self.drop_link(&self.node_from(p2, &v2, n2, &r2), &r2)?;
         }
 
         if exchange {
