@@ -588,13 +588,8 @@ fn special_files_setuid_and_permissions_match_overlayfs() {
 /// Found by `cargo fuzz run layer_index_load`: a 45-byte saved index whose entry count is
 /// huge makes `LayerIndex::load` panic (capacity overflow in bincode's `Vec::with_capacity`)
 /// instead of returning an error; a count just small enough to allocate aborts the process.
-/// Known unionfs bug, run with `UNIONFS_QA_KNOWN_BUGS=1`.
 #[test]
 fn corrupt_layer_index_is_an_error() {
-    if std::env::var_os("UNIONFS_QA_KNOWN_BUGS").is_none() {
-        eprintln!("skipping: known LayerIndex::load panic; set UNIONFS_QA_KNOWN_BUGS=1 to run");
-        return;
-    }
     use unionfs::layer_index::index::LayerIndex;
     let dir = tempfile::tempdir().unwrap();
     let id = [0u8; 32];

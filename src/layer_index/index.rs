@@ -169,12 +169,16 @@ impl LayerIndex {
             path: path.clone(),
             source,
         })?;
+        // The file is not trusted: lengths inside it must not make the decoder allocate more
+        // than the file could hold (each entry takes at least two bytes).
+        let limit = bincode::config::standard().with_limit::<{ 64 << 20 }>();
+        if bytes.len() > 64 << 20 {
+            return Err(Error::Stale { path });
+        }
         let (saved, _): (Saved, usize) =
-            bincode::decode_from_slice(&bytes, bincode::config::standard()).map_err(|source| {
-                Error::Corrupt {
-                    path: path.clone(),
-                    source,
-                }
+            bincode::decode_from_slice(&bytes, limit).map_err(|source| Error::Corrupt {
+                path: path.clone(),
+                source,
             })?;
         if saved.format != FORMAT || saved.identity != *id {
             return Err(Error::Stale { path });
