@@ -25,6 +25,11 @@ use super::core::{errno_of, Res, UnionFs};
 use crate::layer_index::{self, DirView, Resolved};
 use crate::whiteout;
 
+/// Inode numbers handed out by [`UnionFs::keep_ino_unique`]: a tag no layer's device index
+/// reaches (see `layer_index::InoMapper`), over 48 hashed bits.
+const FRESH_INO_TAG: u64 = 0x7ffe << 48;
+const FRESH_INO_MASK: u64 = (1 << 48) - 1;
+
 /// Who asks, for the owner of what they create.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
@@ -114,6 +119,7 @@ impl UnionFs {
             }
         };
         let finish = || -> Res<()> {
+            self.keep_ino_unique(&at)?;
             nix::unistd::fchownat(
                 AT_FDCWD,
                 &at,
@@ -154,6 +160,33 @@ impl UnionFs {
         }
         let (attr, ttl) = self.lookup_locked(parent, name)?;
         Ok((attr, ttl, opened))
+    }
+
+    /// Gives the new upper object at `path` an inode number of its own when the upper
+    /// filesystem reused the number of an object the kernel still holds (ext4 hands a freed
+    /// number to the next create at once). The FUSE node id is the inode number, so reusing it
+    /// would bind the new object to the kernel's dead inode: a directory made right after an
+    /// rmdir would refuse entries (ENOENT). The fresh number is recorded as the object's origin,
+    /// so it stays the same across lookups and remounts.
+    fn keep_ino_unique(&self, path: &std::path::Path) -> Res<()> {
+        let st = layer_index::lstat(path)?;
+        let natural = self.layers.inos.map(st.st_dev, st.st_ino);
+        if self.table.lock().get(natural).is_none() {
+            return Ok(());
+        }
+        let up = self.upper()?;
+        let fresh = loop {
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let candidate = FRESH_INO_TAG
+                | (xxhash_rust::xxh3::xxh3_64(&(natural ^ seed).to_le_bytes()) & FRESH_INO_MASK);
+            if self.table.lock().get(candidate).is_none() {
+                break candidate;
+            }
+        };
+        tracing::debug!(natural, fresh, "inode number still in use by the kernel");
+        layer_index::set_origin(path, up.ns(), fresh)
     }
 
     /// Hard-links `ino` as `name` in `parent`.
