@@ -21,7 +21,7 @@ use nix::errno::Errno;
 use nix::fcntl::RenameFlags;
 use nix::sys::stat::FileStat;
 
-use crate::layer_index::{self, is_dir, LowerObj};
+use crate::layer_index::{self, is_dir, LayerRoot, LowerObj};
 use crate::sys::xattr;
 use crate::whiteout::{self, XattrNs};
 
@@ -84,7 +84,7 @@ const NLINK_XATTR_SUFFIX: &str = "unionfs.nlink";
 /// Writes to the upper layer through the work directory.
 #[derive(Debug)]
 pub struct Upper {
-    root: PathBuf,
+    base: LayerRoot,
     staging: PathBuf,
     index: PathBuf,
     ns: XattrNs,
@@ -111,7 +111,10 @@ impl Upper {
         private.create(&staging).map_err(|e| wd(&staging, e))?;
         private.create(&index).map_err(|e| wd(&index, e))?;
         Ok(Upper {
-            root: upper.to_path_buf(),
+            base: LayerRoot::open(upper).map_err(|e| Error::WorkDir {
+                path: upper.to_path_buf(),
+                source: std::io::Error::from(e),
+            })?,
             staging,
             index,
             ns,
@@ -130,13 +133,10 @@ impl Upper {
         self.volatile
     }
 
-    /// Absolute path of `rel` in the upper layer.
+    /// Path of `rel` in the upper layer, for the daemon's own system calls (through the held
+    /// root, see `layer_index::LayerRoot`).
     pub fn path(&self, rel: &Path) -> PathBuf {
-        if rel.as_os_str().is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(rel)
-        }
+        self.base.join(rel)
     }
 
     /// Path of the index entry of merged inode `ino`.

@@ -31,6 +31,8 @@ pub use ino::{origin_of, set_origin, InoMapper, ORIGIN_XATTR_SUFFIX};
 pub struct Layer {
     pub root: PathBuf,
     pub dev: u64,
+    /// The root, held open so that paths inside the layer can be short (see [`LayerRoot`]).
+    base: LayerRoot,
 }
 
 impl Layer {
@@ -43,15 +45,49 @@ impl Layer {
         Ok(Layer {
             root: root.to_path_buf(),
             dev: st.st_dev,
+            base: LayerRoot::open(root)?,
         })
     }
 
-    /// The absolute path of `rel` inside this layer.
+    /// The path of `rel` inside this layer, for the daemon's own system calls.
+    pub fn join(&self, rel: &Path) -> PathBuf {
+        self.base.join(rel)
+    }
+}
+
+/// A layer root addressed through a descriptor held open on it: `/proc/self/fd/N/<rel>`.
+///
+/// The daemon names objects by their path inside a layer. Built on the layer's own path, that
+/// name is longer than the one the caller used by the difference between the layer's path and
+/// the mountpoint's, so a path near PATH_MAX through the mount would not fit. Through the
+/// descriptor the prefix is a short, fixed one, whatever the layer's path.
+#[derive(Debug)]
+pub struct LayerRoot {
+    _fd: std::os::fd::OwnedFd,
+    base: PathBuf,
+}
+
+impl LayerRoot {
+    pub fn open(root: &Path) -> nix::Result<LayerRoot> {
+        use std::os::fd::AsRawFd;
+        let fd = nix::fcntl::open(
+            root,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        let base = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        Ok(LayerRoot { _fd: fd, base })
+    }
+
+    /// The path of `rel` below the root; the root itself is `…/N/.`, so that the descriptor's
+    /// link is followed even by calls that do not follow a final symlink.
     pub fn join(&self, rel: &Path) -> PathBuf {
         if rel.as_os_str().is_empty() {
-            self.root.clone()
+            self.base.join(".")
         } else {
-            self.root.join(rel)
+            self.base.join(rel)
         }
     }
 }
