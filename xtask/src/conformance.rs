@@ -240,5 +240,12 @@ fn report(results: &[(&str, Vec<Cases>)], logs: &Path) -> usize {
         total += only_unionfs.len();
     }
     println!("\nlogs: {}", logs.display());
+    // One plain closing line for whoever reads the log: cases passing on unionfs, and cases
+    // failing on unionfs that pass on kernel overlayfs (failures of both are not counted).
+    let passed: usize = results
+        .iter()
+        .map(|(_, per)| per[0].values().filter(|o| **o == Outcome::Pass).count())
+        .sum();
+    println!("\nconformance: {passed} passed, {total} failed");
     total
 }
