@@ -15,7 +15,7 @@ use fuser::{
 use nix::errno::Errno;
 
 use super::core::{entry_ttl, Res, UnionFs, TTL};
-use super::data::{OpenAs, SetAttr};
+use super::data::{OpenAs, Opened, SetAttr};
 use super::namespace::{Caller, NewObject};
 use std::sync::Arc;
 
@@ -85,6 +85,31 @@ fn xattr_reply(reply: ReplyXattr, size: u32, r: Res<Vec<u8>>) {
 }
 
 impl UnionFs {
+    /// The passthrough registration an opened file is to be replied with: the inode's existing
+    /// one, or a new one made with `open_backing`; `None` when the daemon serves the file (by
+    /// choice, or because the kernel refused the registration).
+    fn backing_for(
+        &self,
+        o: &Opened,
+        open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<fuser::BackingId>,
+    ) -> Option<Arc<fuser::BackingId>> {
+        match &o.how {
+            OpenAs::Served { .. } => None,
+            OpenAs::Passthrough(Some(b)) => Some(b.clone()),
+            OpenAs::Passthrough(None) => match open_backing(&o.file) {
+                Ok(b) => {
+                    let b = Arc::new(b);
+                    self.set_backing(o.fh, b.clone());
+                    Some(b)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "passthrough refused; serving the file");
+                    None
+                }
+            },
+        }
+    }
+
     fn make(
         &self,
         req: &Request,
@@ -287,20 +312,10 @@ impl Filesystem for UnionFs {
             Err(e) => return reply.error(err(e)),
         };
         let fh = FileHandle(o.fh);
-        match o.how {
-            OpenAs::Served { keep_cache } => reply.opened(fh, cache_flags(keep_cache)),
-            OpenAs::Passthrough(Some(b)) => reply.opened_passthrough(fh, FopenFlags::empty(), &b),
-            OpenAs::Passthrough(None) => match reply.open_backing(o.file.as_ref()) {
-                Ok(b) => {
-                    let b = Arc::new(b);
-                    self.set_backing(o.fh, b.clone());
-                    reply.opened_passthrough(fh, FopenFlags::empty(), &b)
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "passthrough refused; serving the file");
-                    reply.opened(fh, FopenFlags::empty())
-                }
-            },
+        let keep_cache = matches!(o.how, OpenAs::Served { keep_cache: true });
+        match self.backing_for(&o, |f| reply.open_backing(f)) {
+            Some(b) => reply.opened_passthrough(fh, FopenFlags::empty(), &b),
+            None => reply.opened(fh, cache_flags(keep_cache)),
         }
     }
 
@@ -540,24 +555,10 @@ impl Filesystem for UnionFs {
         match self.do_create(caller(req), parent.0, name, what) {
             Ok((attr, ttl, Some(file))) => {
                 let o = self.register_open(attr.ino.0, file, false);
-                let fh = FileHandle(o.fh);
-                let none = FopenFlags::empty();
-                match o.how {
-                    OpenAs::Served { .. } => reply.created(&ttl, &attr, GEN, fh, none),
-                    OpenAs::Passthrough(Some(b)) => {
-                        reply.created_passthrough(&ttl, &attr, GEN, fh, none, &b)
-                    }
-                    OpenAs::Passthrough(None) => match reply.open_backing(o.file.as_ref()) {
-                        Ok(b) => {
-                            let b = Arc::new(b);
-                            self.set_backing(o.fh, b.clone());
-                            reply.created_passthrough(&ttl, &attr, GEN, fh, none, &b)
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "passthrough refused; serving the file");
-                            reply.created(&ttl, &attr, GEN, fh, none)
-                        }
-                    },
+                let (fh, none) = (FileHandle(o.fh), FopenFlags::empty());
+                match self.backing_for(&o, |f| reply.open_backing(f)) {
+                    Some(b) => reply.created_passthrough(&ttl, &attr, GEN, fh, none, &b),
+                    None => reply.created(&ttl, &attr, GEN, fh, none),
                 }
             }
             Ok((_, _, None)) => reply.error(err(Errno::EIO)),

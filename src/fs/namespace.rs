@@ -300,7 +300,7 @@ impl UnionFs {
         if r.upper.is_none() && !r.upper_whiteout {
             return Ok(r.lower.is_some());
         }
-        Ok(self.layers.lower_positive(dir, name)?)
+        self.layers.lower_positive(dir, name)
     }
 
     fn resolve_existing(&self, parent: u64, name: &OsStr) -> Res<(DirView, Resolved, u64)> {

@@ -97,37 +97,27 @@ impl Stack {
 
     /// Mounts the stack with unionfs (detached, as a user would) on `self.mnt`.
     pub fn mount_unionfs(&self) -> MountGuard {
-        let out = Command::new(unionfs_bin())
-            .env("UNIONFS_INDEX_DIR", self.index_dir())
-            .arg("mount")
-            .arg("--lower")
-            .arg(self.lowerdir())
-            .arg("--upper")
-            .arg(&self.upper)
-            .arg("--work")
-            .arg(&self.work)
-            .arg("--log-file")
-            .arg(self.log_file())
-            .arg(&self.mnt)
-            .output()
-            .expect("run unionfs mount");
-        assert!(
-            out.status.success(),
-            "unionfs mount failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        MountGuard {
-            mnt: self.mnt.clone(),
-        }
+        self.unionfs_mount(true)
     }
 
     /// Mounts the stack read-only (no upper) with unionfs.
     pub fn mount_unionfs_ro(&self) -> MountGuard {
-        let out = Command::new(unionfs_bin())
-            .env("UNIONFS_INDEX_DIR", self.index_dir())
+        self.unionfs_mount(false)
+    }
+
+    fn unionfs_mount(&self, writable: bool) -> MountGuard {
+        let mut cmd = Command::new(unionfs_bin());
+        cmd.env("UNIONFS_INDEX_DIR", self.index_dir())
             .arg("mount")
             .arg("--lower")
-            .arg(self.lowerdir())
+            .arg(self.lowerdir());
+        if writable {
+            cmd.arg("--upper")
+                .arg(&self.upper)
+                .arg("--work")
+                .arg(&self.work);
+        }
+        let out = cmd
             .arg("--log-file")
             .arg(self.log_file())
             .arg(&self.mnt)
