@@ -718,7 +718,9 @@ fn populate(s: &Stack) {
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < LIMIT, "timed out waiting until {what}");
+        if start.elapsed() >= LIMIT {
+            panic!("timed out waiting until {what}"); // a hang becomes a failure, not a stuck CI
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -875,7 +877,9 @@ fn foreground(s: &Stack) -> Child {
                 .unwrap();
             panic!("unionfs mount -f exited with {st}: {err}");
         }
-        assert!(start.elapsed() < LIMIT, "foreground mount never showed up");
+        if start.elapsed() >= LIMIT {
+            panic!("foreground mount never showed up"); // a hang becomes a failure, not a stuck CI
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     child
