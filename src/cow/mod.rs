@@ -217,17 +217,7 @@ impl Upper {
                     path: tmp.clone(),
                     source,
                 })?;
-                nix::fcntl::renameat2(
-                    nix::fcntl::AT_FDCWD,
-                    &tmp,
-                    nix::fcntl::AT_FDCWD,
-                    &idx,
-                    RenameFlags::RENAME_NOREPLACE,
-                )
-                .map_err(|source| Error::Install {
-                    path: idx.clone(),
-                    source,
-                })?;
+                rename_into(&tmp, &idx, RenameFlags::RENAME_NOREPLACE)?;
             }
             let dst = self.path(rel);
             return nix::unistd::linkat(
@@ -289,15 +279,7 @@ impl Upper {
 
     /// Moves a staged object to `rel` in the upper; `rel` must not exist.
     fn install(&self, tmp: &Path, rel: &Path) -> Result<()> {
-        let dst = self.path(rel);
-        nix::fcntl::renameat2(
-            nix::fcntl::AT_FDCWD,
-            tmp,
-            nix::fcntl::AT_FDCWD,
-            &dst,
-            RenameFlags::RENAME_NOREPLACE,
-        )
-        .map_err(|source| Error::Install { path: dst, source })
+        rename_into(tmp, &self.path(rel), RenameFlags::RENAME_NOREPLACE)
     }
 
     /// Puts a whiteout at `rel`, replacing whatever the upper has there in one step. A directory
@@ -311,21 +293,12 @@ impl Upper {
         let dst = self.path(rel);
         let installed = match layer_index::lstat(&dst) {
             Err(Errno::ENOENT) => self.install(&tmp, rel),
-            Ok(st) if is_dir(&st) => nix::fcntl::renameat2(
-                nix::fcntl::AT_FDCWD,
-                &tmp,
-                nix::fcntl::AT_FDCWD,
-                &dst,
-                RenameFlags::RENAME_EXCHANGE,
-            )
-            .map_err(|source| Error::Install {
-                path: dst.clone(),
-                source,
-            })
-            .map(|()| {
-                // The old directory now sits at `tmp`.
-                let _ = std::fs::remove_dir_all(&tmp);
-            }),
+            Ok(st) if is_dir(&st) => {
+                rename_into(&tmp, &dst, RenameFlags::RENAME_EXCHANGE).map(|()| {
+                    // The old directory now sits at `tmp`.
+                    let _ = std::fs::remove_dir_all(&tmp);
+                })
+            }
             _ => std::fs::rename(&tmp, &dst).map_err(|e| Error::Install {
                 path: dst.clone(),
                 source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
@@ -355,17 +328,7 @@ impl Upper {
         let ino = layer_index::origin_of(&dst).unwrap_or(0);
         copy::metadata(&dst, &tmp, &st, self.ns, ino).map_err(stage)?;
         whiteout::set_opaque(&tmp, self.ns).map_err(stage)?;
-        nix::fcntl::renameat2(
-            nix::fcntl::AT_FDCWD,
-            &tmp,
-            nix::fcntl::AT_FDCWD,
-            &dst,
-            RenameFlags::RENAME_EXCHANGE,
-        )
-        .map_err(|source| Error::Install {
-            path: dst.clone(),
-            source,
-        })?;
+        rename_into(&tmp, &dst, RenameFlags::RENAME_EXCHANGE)?;
         let _ = std::fs::remove_dir_all(&tmp);
         Ok(())
     }
@@ -379,4 +342,14 @@ pub fn xattr_name(ns: XattrNs, suffix: &str) -> OsString {
     let mut s = OsString::from(prefix);
     s.push(OsStr::new(suffix));
     s
+}
+
+/// Renames a staged object to `to`, reporting a failure as an installation error for `to`.
+fn rename_into(from: &Path, to: &Path, flags: RenameFlags) -> Result<()> {
+    nix::fcntl::renameat2(nix::fcntl::AT_FDCWD, from, nix::fcntl::AT_FDCWD, to, flags).map_err(
+        |source| Error::Install {
+            path: to.to_path_buf(),
+            source,
+        },
+    )
 }
