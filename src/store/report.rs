@@ -89,6 +89,17 @@ fn kind_of(m: &std::fs::Metadata) -> &'static str {
     }
 }
 
+/// The history entries that made layers (entries marked `empty_layer` made none), in layer
+/// order: entry `i` describes the image's layer `i`.
+fn layer_history(img: &super::ImageRecord) -> Vec<&oci_spec::image::History> {
+    img.config
+        .history()
+        .iter()
+        .flatten()
+        .filter(|h| h.empty_layer() != Some(true))
+        .collect()
+}
+
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |source| Error::Read {
         path: path.to_owned(),
@@ -100,13 +111,7 @@ impl Store {
     /// The layers of an image, top-most first, with their history entries.
     pub fn layer_rows(&self, name: &str) -> Result<Vec<LayerRow>> {
         let img = self.image(name)?;
-        let history: Vec<_> = img
-            .config
-            .history()
-            .iter()
-            .flatten()
-            .filter(|h| h.empty_layer() != Some(true))
-            .collect();
+        let history = layer_history(&img);
         let mut rows = Vec::new();
         for (i, d) in img.diff_ids().iter().enumerate() {
             let meta = self.layer_meta(d)?;
@@ -248,13 +253,7 @@ impl Store {
                 count: n,
             });
         }
-        let history: Vec<_> = img
-            .config
-            .history()
-            .iter()
-            .flatten()
-            .filter(|h| h.empty_layer() != Some(true))
-            .collect();
+        let history = layer_history(&img);
         let mut out = Vec::new();
         for idx in 0..n {
             if only.is_some_and(|k| k != idx) {

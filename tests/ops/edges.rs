@@ -199,7 +199,7 @@ fn long_names_255_ok_256_enametoolong() {
         std::fs::remove_file(e.p(&low255))
             .unwrap_or_else(|err| panic!("{t}: unlink 255-byte lower name: {err}"));
         let listed: Vec<String> = names(t, &e.p("d"));
-        assert_eq!(listed, [n255.clone()], "{t}");
+        assert_eq!(listed, std::slice::from_ref(&n255), "{t}");
     }
 }
 
