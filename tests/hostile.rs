@@ -346,20 +346,35 @@ fn deep_ops(mnt: &Path) -> Vec<(String, Res)> {
     out.push(("create at the bottom".into(), create));
     let read = open(c"leaf", libc::O_RDONLY).map(|f| std::io::read_to_string(f).unwrap());
     out.push((format!("read leaf again {read:?}"), Ok(())));
+    // SAFETY: renameat/unlinkat on a live directory fd with NUL-terminated names.
+    let rc = |r: i32| if r == 0 { Ok(()) } else { Err(errno()) };
+    let renamed = rc(unsafe {
+        libc::renameat(
+            fd.as_raw_fd(),
+            c"new".as_ptr(),
+            fd.as_raw_fd(),
+            c"moved".as_ptr(),
+        )
+    });
+    out.push(("rename at the bottom".into(), renamed));
+    // SAFETY: as above.
+    let unlinked = rc(unsafe { libc::unlinkat(fd.as_raw_fd(), c"leaf".as_ptr(), 0) });
+    out.push(("unlink the copied-up leaf".into(), unlinked));
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    out.push((format!("bottom lists {names:?}"), Ok(())));
     out
 }
 
 /// Kernel overlayfs walks all 4,000 levels (relative to directory fds), reads, copies up all
-/// ancestors and creates at the bottom; unionfs must do the same and stay alive. Known unionfs
-/// bug (reported): its walk stops at level 2031 with ENAMETOOLONG, where the merged path
-/// passes PATH_MAX; run with `UNIONFS_QA_KNOWN_BUGS=1`.
+/// ancestors, creates, renames, unlinks and lists at the bottom, where the path is twice
+/// PATH_MAX; unionfs must do the same and stay alive.
 #[test]
 fn tree_4000_levels_deep_matches_overlayfs() {
     if !common::can_mount("tree_4000_levels_deep_matches_overlayfs") {
-        return;
-    }
-    if std::env::var_os("UNIONFS_QA_KNOWN_BUGS").is_none() {
-        eprintln!("skipping: known unionfs PATH_MAX bug; set UNIONFS_QA_KNOWN_BUGS=1 to run");
         return;
     }
     let mut results = Vec::new();

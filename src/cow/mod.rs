@@ -21,7 +21,7 @@ use nix::errno::Errno;
 use nix::fcntl::RenameFlags;
 use nix::sys::stat::FileStat;
 
-use crate::layer_index::{self, is_dir, LayerRoot, LowerObj};
+use crate::layer_index::{self, is_dir, LayerPath, LayerRoot, LowerObj};
 use crate::sys::xattr;
 use crate::whiteout::{self, XattrNs};
 
@@ -135,7 +135,7 @@ impl Upper {
 
     /// Path of `rel` in the upper layer, for the daemon's own system calls (through the held
     /// root, see `layer_index::LayerRoot`).
-    pub fn path(&self, rel: &Path) -> PathBuf {
+    pub fn path(&self, rel: &Path) -> LayerPath {
         self.base.join(rel)
     }
 
@@ -224,10 +224,13 @@ impl Upper {
                 nix::fcntl::AT_FDCWD,
                 &idx,
                 nix::fcntl::AT_FDCWD,
-                &dst,
+                &*dst,
                 nix::fcntl::AtFlags::empty(),
             )
-            .map_err(|source| Error::Install { path: dst, source });
+            .map_err(|source| Error::Install {
+                path: dst.to_path_buf(),
+                source,
+            });
         }
         let tmp = self.stage_copy(srcpath, &src.st, origin, truncate)?;
         self.install(&tmp, rel)
@@ -300,7 +303,7 @@ impl Upper {
                 })
             }
             _ => std::fs::rename(&tmp, &dst).map_err(|e| Error::Install {
-                path: dst.clone(),
+                path: dst.to_path_buf(),
                 source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
             }),
         };
@@ -316,7 +319,7 @@ impl Upper {
     pub fn clear_dir(&self, rel: &Path) -> Result<()> {
         let dst = self.path(rel);
         let st = layer_index::lstat(&dst).map_err(|source| Error::Stage {
-            path: dst.clone(),
+            path: dst.to_path_buf(),
             source,
         })?;
         let tmp = self.temp();

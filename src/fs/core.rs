@@ -19,6 +19,7 @@ use parking_lot::{Mutex, RwLock};
 use super::handle::{DirEntry, Handles};
 use super::inode::{Node, Table, ROOT};
 use crate::cow::Upper;
+use crate::layer_index::LayerPath;
 use crate::layer_index::{self, is_dir, DirView, Layers, Resolved};
 
 pub type Res<T> = Result<T, Errno>;
@@ -34,16 +35,17 @@ pub const TTL: Duration = Duration::from_secs(24 * 3600);
 /// Where the data of a node lives now.
 #[derive(Debug, Clone)]
 pub enum Backing {
-    Upper(PathBuf),
+    Upper(LayerPath),
     /// The index copy of a hard-linked lower file, shared by all its names.
     Index(PathBuf),
-    Lower(PathBuf),
+    Lower(LayerPath),
 }
 
 impl Backing {
     pub fn path(&self) -> &Path {
         match self {
-            Backing::Upper(p) | Backing::Index(p) | Backing::Lower(p) => p,
+            Backing::Upper(p) | Backing::Lower(p) => p,
+            Backing::Index(p) => p,
         }
     }
 
@@ -304,7 +306,7 @@ impl UnionFs {
         }
         let backing = match (&r.upper, self.upper.as_ref()) {
             (Some(_), Some(up)) => Backing::Upper(up.path(node.path())),
-            _ => Backing::Lower(PathBuf::new()),
+            _ => Backing::Lower(PathBuf::new().into()),
         };
         Ok(self.attr(node, &backing, shown))
     }
@@ -332,7 +334,7 @@ impl UnionFs {
     pub(super) fn handle_attr(&self, node: &Node, fh: Option<u64>) -> Res<FileAttr> {
         let h = self.handles.file_of(node.ino, fh).ok_or(Errno::ENOENT)?;
         let st = nix::sys::stat::fstat(h.file().as_ref())?;
-        Ok(self.attr(node, &Backing::Lower(PathBuf::new()), &st))
+        Ok(self.attr(node, &Backing::Lower(PathBuf::new().into()), &st))
     }
 
     pub fn do_readlink(&self, ino: u64) -> Res<Vec<u8>> {
@@ -415,8 +417,8 @@ impl UnionFs {
     pub fn do_statfs(&self) -> Res<nix::sys::statvfs::Statvfs> {
         let root = match &self.upper {
             Some(u) => u.path(Path::new("")),
-            None => self.layers.lowers[0].root.clone(),
+            None => self.layers.lowers[0].root.clone().into(),
         };
-        nix::sys::statvfs::statvfs(&root)
+        nix::sys::statvfs::statvfs(&*root)
     }
 }

@@ -76,10 +76,11 @@ impl UnionFs {
         let dst = up.path(&rel);
         // Over a whiteout the object is built in the work directory and renamed into place.
         let at = if r.upper_whiteout {
-            up.temp()
+            up.temp().into()
         } else {
             dst.clone()
         };
+        let at: &Path = &at;
         let mut opened = None;
         let is_new_dir = matches!(what, NewObject::Dir { .. });
         let mode = match what {
@@ -101,7 +102,7 @@ impl UnionFs {
                 mode
             }
             NewObject::Dir { mode } => {
-                nix::unistd::mkdir(&at, Mode::from_bits_truncate(mode & 0o777))?;
+                nix::unistd::mkdir(at, Mode::from_bits_truncate(mode & 0o777))?;
                 mode | if sgid { libc::S_ISGID } else { 0 }
             }
             NewObject::Node { mode, rdev } => {
@@ -110,7 +111,7 @@ impl UnionFs {
                     // 0/0 is a whiteout; overlayfs refuses to create one too.
                     return Err(Errno::EPERM);
                 }
-                nix::sys::stat::mknod(&at, kind, Mode::from_bits_truncate(mode & 0o777), rdev)?;
+                nix::sys::stat::mknod(at, kind, Mode::from_bits_truncate(mode & 0o777), rdev)?;
                 mode
             }
             NewObject::Symlink { target } => {
@@ -122,7 +123,7 @@ impl UnionFs {
             self.keep_ino_unique(&at)?;
             nix::unistd::fchownat(
                 AT_FDCWD,
-                &at,
+                at,
                 Some(Uid::from_raw(who.uid)),
                 Some(Gid::from_raw(gid)),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
@@ -132,20 +133,20 @@ impl UnionFs {
             if !matches!(what, NewObject::Symlink { .. }) && mode & 0o7000 != 0 {
                 nix::sys::stat::fchmodat(
                     AT_FDCWD,
-                    &at,
+                    at,
                     Mode::from_bits_truncate(mode & 0o7777),
                     FchmodatFlags::FollowSymlink,
                 )?;
             }
             if is_new_dir && (r.upper_whiteout || !view.lowers.is_empty()) {
-                whiteout::set_opaque(&at, up.ns())?;
+                whiteout::set_opaque(at, up.ns())?;
             }
             if r.upper_whiteout {
                 if is_new_dir {
-                    rename(&at, &dst, RenameFlags::RENAME_EXCHANGE)?;
+                    rename(at, &dst, RenameFlags::RENAME_EXCHANGE)?;
                     std::fs::remove_file(&at).map_err(errno_of)?;
                 } else {
-                    rename(&at, &dst, RenameFlags::empty())?;
+                    rename(at, &dst, RenameFlags::empty())?;
                 }
             }
             Ok(())
@@ -211,7 +212,7 @@ impl UnionFs {
         let view = self.upper_dir(pview)?;
         let src = up.path(node.path());
         let dst = up.path(&view.path.join(name));
-        let link = |to: &Path| nix::unistd::linkat(AT_FDCWD, &src, AT_FDCWD, to, AtFlags::empty());
+        let link = |to: &Path| nix::unistd::linkat(AT_FDCWD, &*src, AT_FDCWD, to, AtFlags::empty());
         if r.upper_whiteout {
             let tmp = up.temp();
             link(&tmp)?;

@@ -106,6 +106,7 @@ impl LayerIndex {
     /// left out of the index *as a whole layer*: the index is then not used at all, since it
     /// could not tell absence from unreadability.
     pub fn build(root: &Path) -> Option<LayerIndex> {
+        let root = super::LayerRoot::open(root).ok()?;
         let mut idx = LayerIndex::default();
         let mut stack = vec![PathBuf::new()];
         while let Some(rel) = stack.pop() {

@@ -10,6 +10,7 @@
 
 pub mod index;
 mod ino;
+mod root;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -25,6 +26,7 @@ use crate::whiteout;
 
 use index::LayerIndex;
 pub use ino::{origin_of, set_origin, InoMapper, ORIGIN_XATTR_SUFFIX};
+pub use root::{LayerPath, LayerRoot};
 
 /// One layer directory.
 #[derive(Debug)]
@@ -50,45 +52,8 @@ impl Layer {
     }
 
     /// The path of `rel` inside this layer, for the daemon's own system calls.
-    pub fn join(&self, rel: &Path) -> PathBuf {
+    pub fn join(&self, rel: &Path) -> LayerPath {
         self.base.join(rel)
-    }
-}
-
-/// A layer root addressed through a descriptor held open on it: `/proc/self/fd/N/<rel>`.
-///
-/// The daemon names objects by their path inside a layer. Built on the layer's own path, that
-/// name is longer than the one the caller used by the difference between the layer's path and
-/// the mountpoint's, so a path near PATH_MAX through the mount would not fit. Through the
-/// descriptor the prefix is a short, fixed one, whatever the layer's path.
-#[derive(Debug)]
-pub struct LayerRoot {
-    _fd: std::os::fd::OwnedFd,
-    base: PathBuf,
-}
-
-impl LayerRoot {
-    pub fn open(root: &Path) -> nix::Result<LayerRoot> {
-        use std::os::fd::AsRawFd;
-        let fd = nix::fcntl::open(
-            root,
-            nix::fcntl::OFlag::O_PATH
-                | nix::fcntl::OFlag::O_DIRECTORY
-                | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )?;
-        let base = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        Ok(LayerRoot { _fd: fd, base })
-    }
-
-    /// The path of `rel` below the root; the root itself is `…/N/.`, so that the descriptor's
-    /// link is followed even by calls that do not follow a final symlink.
-    pub fn join(&self, rel: &Path) -> PathBuf {
-        if rel.as_os_str().is_empty() {
-            self.base.join(".")
-        } else {
-            self.base.join(rel)
-        }
     }
 }
 
@@ -562,7 +527,7 @@ impl Layers {
                     .upper
                     .as_ref()
                     .expect("an upper object needs an upper layer");
-                let path = upper.join(&dir.path).join(name);
+                let path = upper.join(&dir.path.join(name));
                 ino::origin_of(&path).unwrap_or_else(|| self.inos.map(st.st_dev, st.st_ino))
             }
             (None, Some(l)) => self.inos.map(l.st.st_dev, l.st.st_ino),

@@ -111,7 +111,7 @@ fn walk(
     for e in entries {
         let rel = dir.path.join(&e.name);
         let disk = match (&e.resolved.upper, &e.resolved.lower) {
-            (Some(_), _) => upper.join(&rel),
+            (Some(_), _) => upper.join(&rel).into(),
             (None, Some(l)) => layers.lowers[l.layer].join(&l.path),
             (None, None) => continue,
         };

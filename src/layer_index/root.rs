@@ -1,0 +1,182 @@
+//! Short names for objects inside a layer, however deep they are.
+//!
+//! The daemon names an object by its path inside a layer and hands that name to ordinary
+//! system calls. Two things would make such a name too long: the layer's own path (which the
+//! caller of the mount never sees) and depth (a tree may be thousands of levels deep, deeper
+//! than PATH_MAX). [`LayerRoot`] removes the first by holding the layer root open and naming it
+//! `/proc/self/fd/N`. [`LayerPath`] removes the second: when a path would not fit, the
+//! directories leading to it are opened a chunk at a time, each chunk relative to the last, and
+//! the name handed out is the short rest relative to the last descriptor, which the
+//! [`LayerPath`] keeps open for as long as the name is used.
+//!
+//! Paths within the limit, which is every path of an ordinary tree, cost nothing extra.
+
+use std::ffi::OsStr;
+use std::ops::Deref;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+/// Longest name handed to a system call, kept well under PATH_MAX (4096 with its NUL).
+const NAME_MAX_LEN: usize = 3072;
+
+/// A layer root addressed through a descriptor held open on it: `/proc/self/fd/N/<rel>`.
+#[derive(Debug)]
+pub struct LayerRoot {
+    fd: Arc<OwnedFd>,
+    base: PathBuf,
+}
+
+impl LayerRoot {
+    pub fn open(root: &Path) -> nix::Result<LayerRoot> {
+        let fd = open_dir(root)?;
+        Ok(LayerRoot {
+            base: fd_path(&fd),
+            fd: Arc::new(fd),
+        })
+    }
+
+    /// The name of `rel` below the root; the root itself is `…/N/.`, so that the descriptor's
+    /// link is followed even by calls that do not follow a final symlink.
+    pub fn join(&self, rel: &Path) -> LayerPath {
+        if rel.as_os_str().is_empty() {
+            return LayerPath::plain(self.base.join("."));
+        }
+        if self.base.as_os_str().len() + 1 + rel.as_os_str().len() <= NAME_MAX_LEN {
+            return LayerPath::plain(self.base.join(rel));
+        }
+        self.join_deep(rel)
+            .unwrap_or_else(|_| LayerPath::plain(self.base.join(rel)))
+    }
+
+    /// Opens the directories above `rel` in chunks that each fit, and names `rel`'s remaining
+    /// tail relative to the last one.
+    ///
+    /// Where a chunk does not resolve (a missing directory, say), the name handed out is that
+    /// chunk plus one more component: resolving it fails exactly as resolving the whole path
+    /// would, so the caller's system call reports the error itself. On any other failure (no
+    /// descriptors left) the caller gets the long name, which fails with ENAMETOOLONG rather
+    /// than touch the wrong object.
+    fn join_deep(&self, rel: &Path) -> nix::Result<LayerPath> {
+        let bytes = rel.as_os_str().as_bytes();
+        let mut anchor = Arc::clone(&self.fd);
+        let mut start = 0;
+        loop {
+            let rest = &bytes[start..];
+            let base = fd_path(&anchor);
+            if base.as_os_str().len() + 1 + rest.len() <= NAME_MAX_LEN {
+                return Ok(LayerPath {
+                    path: base.join(OsStr::from_bytes(rest)),
+                    _anchor: Some(anchor),
+                });
+            }
+            // The longest run of whole components that fits; a component is at most 255 bytes,
+            // so each step makes progress.
+            let room = NAME_MAX_LEN - base.as_os_str().len() - 1;
+            let cut = rest[..room.min(rest.len())]
+                .iter()
+                .rposition(|&b| b == b'/')
+                .ok_or(Errno::ENAMETOOLONG)?;
+            let dir = base.join(OsStr::from_bytes(&rest[..cut]));
+            match open_dir(&dir) {
+                Ok(fd) => anchor = Arc::new(fd),
+                Err(Errno::ENOENT | Errno::ENOTDIR | Errno::EACCES | Errno::ELOOP) => {
+                    let next = rest[cut + 1..].split(|&b| b == b'/').next().unwrap_or(b".");
+                    return Ok(LayerPath {
+                        path: dir.join(OsStr::from_bytes(next)),
+                        _anchor: Some(anchor),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+            start += cut + 1;
+        }
+    }
+}
+
+/// A name for a system call on an object inside a layer, valid while this value lives.
+#[derive(Debug, Clone)]
+pub struct LayerPath {
+    path: PathBuf,
+    /// The directory the name is relative to, when it is not the layer root.
+    _anchor: Option<Arc<OwnedFd>>,
+}
+
+impl LayerPath {
+    fn plain(path: PathBuf) -> LayerPath {
+        LayerPath {
+            path,
+            _anchor: None,
+        }
+    }
+}
+
+impl From<PathBuf> for LayerPath {
+    /// A name that needs no anchor (one outside any layer, in the work directory say).
+    fn from(path: PathBuf) -> LayerPath {
+        LayerPath::plain(path)
+    }
+}
+
+impl Deref for LayerPath {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for LayerPath {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn open_dir(path: &Path) -> nix::Result<OwnedFd> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deep_paths_resolve_through_anchors() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = LayerRoot::open(d.path()).expect("root");
+        let mut rel = PathBuf::new();
+        for i in 0..1500 {
+            rel.push(format!("d{}", i % 10));
+            let p = root.join(&rel);
+            nix::unistd::mkdir(&*p, Mode::from_bits_truncate(0o755)).expect("mkdir");
+        }
+        assert!(rel.as_os_str().len() > 4096);
+        let leaf = rel.join("leaf");
+        let p = root.join(&leaf);
+        assert!(p.as_os_str().len() <= NAME_MAX_LEN);
+        std::fs::write(&p, b"deep").expect("write");
+        assert_eq!(std::fs::read(&*root.join(&leaf)).expect("read"), b"deep");
+        // A missing directory early in a deep path is reported as missing, as the kernel
+        // would for the whole path, and nothing is created on the way.
+        let missing = Path::new("d0/nope").join(&rel);
+        let err = std::fs::create_dir(&*root.join(&missing)).expect_err("missing");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        let through_file = rel.join("leaf").join(&rel);
+        let err = std::fs::read(&*root.join(&through_file)).expect_err("not a dir");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR));
+        assert!(!d.path().join("d0/nope").exists());
+    }
+}
