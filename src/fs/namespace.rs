@@ -96,7 +96,7 @@ impl UnionFs {
                     .custom_flags(
                         flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT),
                     )
-                    .open(&at)
+                    .open(at)
                     .map_err(errno_of)?;
                 opened = Some(f);
                 mode
@@ -115,12 +115,12 @@ impl UnionFs {
                 mode
             }
             NewObject::Symlink { target } => {
-                std::os::unix::fs::symlink(target, &at).map_err(errno_of)?;
+                std::os::unix::fs::symlink(target, at).map_err(errno_of)?;
                 0o777
             }
         };
         let finish = || -> Res<()> {
-            self.keep_ino_unique(&at)?;
+            self.keep_ino_unique(at)?;
             nix::unistd::fchownat(
                 AT_FDCWD,
                 at,
@@ -144,7 +144,7 @@ impl UnionFs {
             if r.upper_whiteout {
                 if is_new_dir {
                     rename(at, &dst, RenameFlags::RENAME_EXCHANGE)?;
-                    std::fs::remove_file(&at).map_err(errno_of)?;
+                    std::fs::remove_file(at).map_err(errno_of)?;
                 } else {
                     rename(at, &dst, RenameFlags::empty())?;
                 }
@@ -153,9 +153,9 @@ impl UnionFs {
         };
         if let Err(e) = finish() {
             let _ = if is_new_dir {
-                std::fs::remove_dir(&at)
+                std::fs::remove_dir(at)
             } else {
-                std::fs::remove_file(&at)
+                std::fs::remove_file(at)
             };
             return Err(e);
         }
