@@ -135,8 +135,12 @@ impl Filesystem for UnionFs {
             self.passthrough
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        // Each is an optimisation; a kernel without one is served without it.
+        // Each is an optimisation; a kernel without one is served without it. With
+        // FUSE_POSIX_ACL the kernel keeps each inode's ACLs (`ls -l` asks for them on every
+        // file) and checks permissions against them, as overlayfs does; this daemon passes the
+        // ACL xattrs through to the backing files like any other.
         for cap in [
+            InitFlags::FUSE_POSIX_ACL,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_CACHE_SYMLINKS,
@@ -390,28 +394,24 @@ impl Filesystem for UnionFs {
         empty(reply, self.do_fsync(fh.0, datasync))
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _s = tracing::trace_span!("opendir", ino = ino.0).entered();
-        match self.do_opendir(ino.0) {
-            // The kernel may keep listings in its page cache: it drops them itself when an
-            // operation through this mount changes the directory.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(err(e)),
-        }
+    /// Directories are never opened here: ENOSYS tells the kernel not to send OPENDIR or
+    /// RELEASEDIR again (a round trip per directory of every walk). It then reads directories
+    /// with handle 0 and keeps their listings in its page cache (its default for unopened
+    /// directories is FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE), dropping them itself when an
+    /// operation through this mount changes the directory.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(FuseErrno::ENOSYS)
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (entries, start) = match self.do_readdir(fh.0, offset) {
+        let (entries, start) = match self.do_readdir(ino.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(err(e)),
         };
@@ -426,12 +426,12 @@ impl Filesystem for UnionFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (entries, start) = match self.do_readdir(fh.0, offset) {
+        let (entries, start) = match self.do_readdir(ino.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(err(e)),
         };
@@ -462,18 +462,6 @@ impl Filesystem for UnionFs {
                 break;
             }
         }
-        reply.ok()
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.handles.remove_dir(fh.0);
         reply.ok()
     }
 

@@ -162,7 +162,7 @@ impl UnionFs {
         if handles.is_empty() {
             return Ok(());
         }
-        let (b, _) = self.backing(node)?;
+        let (b, _) = self.locate(node)?;
         if let Backing::Lower(_) = b {
             return Ok(());
         }

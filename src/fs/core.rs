@@ -14,10 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{FileAttr, FileType};
 use nix::errno::Errno;
 use nix::sys::stat::FileStat;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use super::handle::{DirEntry, Handles};
-use super::inode::{Node, Table, ROOT};
+use super::inode::{Node, Table, UpperAbsence, ROOT};
+use super::nslock::NsLock;
 use crate::cow::Upper;
 use crate::layer_index::LayerPath;
 use crate::layer_index::{self, is_dir, DirView, Layers, Resolved};
@@ -57,10 +58,9 @@ impl Backing {
 pub struct UnionFs {
     pub(super) layers: Layers,
     pub(super) upper: Option<Upper>,
-    pub(super) ns: RwLock<()>,
+    pub(super) ns: NsLock,
     pub(super) table: Mutex<Table>,
     pub(super) handles: Handles,
-    /// Tells the kernel to drop cached attributes that a change has made stale.
     /// Per-inode locks serialising copy-ups made outside the namespace lock.
     pub(super) copyups: Mutex<std::collections::HashMap<u64, Arc<Mutex<()>>>>,
     /// Whether the kernel agreed to FUSE passthrough at init.
@@ -126,11 +126,12 @@ impl UnionFs {
             parent: ROOT,
             lower: root.lower.clone(),
             lower_dirs: root.lower_dirs.clone(),
+            upper_absence: UpperAbsence::default(),
         });
         Ok(UnionFs {
             layers,
             upper,
-            ns: RwLock::new(()),
+            ns: NsLock::default(),
             table: Mutex::new(table),
             handles: Handles::default(),
             notifier: Arc::default(),
@@ -150,7 +151,7 @@ impl UnionFs {
         }
     }
 
-    pub(super) fn node(&self, ino: u64) -> Res<Node> {
+    pub(super) fn node(&self, ino: u64) -> Res<Arc<Node>> {
         self.table.lock().get(ino).cloned().ok_or(Errno::ESTALE)
     }
 
@@ -167,25 +168,55 @@ impl UnionFs {
         }
     }
 
+    /// The upper object of `node`, if there is one. That the upper has none is remembered
+    /// on the node until the upper next changes (see `nslock`): walks and reads of lower-only
+    /// trees then make no system call in the upper. Called with `ns` held.
+    pub(super) fn node_upper_stat(&self, node: &Node) -> Res<Option<FileStat>> {
+        if self.upper.is_none() {
+            return Ok(None);
+        }
+        let generation = self.ns.generation();
+        if generation.is_some_and(|g| node.upper_absence.known_at(g)) {
+            return Ok(None);
+        }
+        let st = self.upper_stat(node.path())?;
+        if let (None, Some(g)) = (&st, generation) {
+            node.upper_absence.record(g);
+        }
+        Ok(st)
+    }
+
     /// The view of directory `ino` for resolving its children.
     pub(super) fn dir_view(&self, ino: u64) -> Res<DirView> {
         let node = self.node(ino)?;
         if !node.is_dir {
             return Err(Errno::ENOTDIR);
         }
-        let in_upper = self.upper_stat(node.path())?.is_some_and(|st| is_dir(&st));
+        let in_upper = self.node_upper_stat(&node)?.is_some_and(|st| is_dir(&st));
         Ok(node.view(in_upper))
     }
 
     /// Where `node`'s object lives now, and its attributes there.
     pub(super) fn backing(&self, node: &Node) -> Res<(Backing, FileStat)> {
+        match self.locate(node)? {
+            (b, Some(st)) => Ok((b, st)),
+            (b, None) => {
+                let st = layer_index::lstat(b.path())?;
+                Ok((b, st))
+            }
+        }
+    }
+
+    /// Where `node`'s object lives now, with its attributes when finding it read them (a
+    /// lower object is found without a system call: lower layers do not change).
+    pub(super) fn locate(&self, node: &Node) -> Res<(Backing, Option<FileStat>)> {
         if node.aliases.is_empty() {
             // Unlinked while open: only its file handles reach it now.
             return Err(Errno::ENOENT);
         }
-        if let Some(st) = self.upper_stat(node.path())? {
+        if let Some(st) = self.node_upper_stat(node)? {
             if let Some(up) = &self.upper {
-                return Ok((Backing::Upper(up.path(node.path())), st));
+                return Ok((Backing::Upper(up.path(node.path())), Some(st)));
             }
         }
         let lower = node.lower.as_ref().ok_or(Errno::ENOENT)?;
@@ -193,13 +224,12 @@ impl UnionFs {
             if let Some(up) = &self.upper {
                 let idx = up.index_path(node.ino);
                 if let Ok(st) = layer_index::lstat(&idx) {
-                    return Ok((Backing::Index(idx), st));
+                    return Ok((Backing::Index(idx), Some(st)));
                 }
             }
         }
         let path = self.layers.lowers[lower.layer].join(&lower.path);
-        let st = layer_index::lstat(&path)?;
-        Ok((Backing::Lower(path), st))
+        Ok((Backing::Lower(path), None))
     }
 
     /// The merged attributes of `node` whose object is at `backing` with `st`.
@@ -279,6 +309,7 @@ impl UnionFs {
             parent,
             lower: r.lower.clone(),
             lower_dirs: r.lower_dirs.clone(),
+            upper_absence: UpperAbsence::default(),
         }
     }
 
@@ -340,7 +371,7 @@ impl UnionFs {
     pub fn do_readlink(&self, ino: u64) -> Res<Vec<u8>> {
         use std::os::unix::ffi::OsStringExt;
         let _ns = self.ns.read();
-        let (b, _) = self.backing(&self.node(ino)?)?;
+        let (b, _) = self.locate(&*self.node(ino)?)?;
         let t = std::fs::read_link(b.path()).map_err(errno_of)?;
         Ok(t.into_os_string().into_vec())
     }
@@ -349,32 +380,28 @@ impl UnionFs {
     ///
     /// The listing is taken only when the kernel reads the directory: with its readdir cache
     /// still valid it opens and closes the directory without reading it.
-    pub fn do_opendir(&self, ino: u64) -> Res<u64> {
-        let _ns = self.ns.read();
-        self.dir_view(ino)?;
-        Ok(self.handles.add_dir(ino))
-    }
-
-    /// The entries of directory handle `fh` from `offset` on. Reading from offset 0 again
-    /// takes a new listing, so a rewound directory shows its current entries.
+    /// The entries of directory `ino` from `offset` on. Reading from offset 0 takes a new
+    /// listing, so a rewound directory shows its current entries.
     ///
     /// Offsets are cookies that mean the same place in every listing of the directory (the
-    /// kernel's readdir cache is per directory, so a reader may continue with a cookie another
-    /// handle produced): each entry's cookie is a hash of its name, listings are sorted by it,
-    /// and reading resumes after the given cookie. The returned index is where that is.
-    pub fn do_readdir(&self, fh: u64, offset: u64) -> Res<(Arc<Vec<DirEntry>>, usize)> {
-        let h = self.handles.dir(fh).ok_or(Errno::EBADF)?;
-        // Bound first: a guard in the match scrutinee would live through the arms.
-        let current = h.entries.read().clone();
-        let entries = match current {
+    /// kernel's readdir cache is per directory, and directories have no handles, so a read may
+    /// continue from any earlier listing): each entry's cookie is a hash of its name, listings
+    /// are sorted by it, and reading resumes after the given cookie. The returned index is
+    /// where that is.
+    pub fn do_readdir(&self, ino: u64, offset: u64) -> Res<(Arc<Vec<DirEntry>>, usize)> {
+        let listings = &self.handles.listings;
+        let entries = match listings.get(ino) {
             Some(e) if offset != 0 => e,
             _ => {
-                let e = Arc::new(self.listing(h.ino)?);
-                *h.entries.write() = Some(e.clone());
+                let e = Arc::new(self.listing(ino)?);
+                listings.park(ino, e.clone());
                 e
             }
         };
         let start = entries.partition_point(|e| e.cookie <= offset);
+        if start == entries.len() {
+            listings.drop_listing(ino);
+        }
         Ok((entries, start))
     }
 

@@ -109,7 +109,7 @@ impl UnionFs {
             let _ns = self.ns.write();
             let node = self.node(ino)?;
             self.copy_up(&node, truncate)?;
-            let (b, _) = self.backing(&node)?;
+            let (b, _) = self.locate(&node)?;
             let f = std::fs::OpenOptions::new()
                 .read(acc != libc::O_WRONLY)
                 .write(acc != libc::O_RDONLY)
@@ -121,7 +121,7 @@ impl UnionFs {
         } else {
             let _ns = self.ns.read();
             let node = self.node(ino)?;
-            let (b, _) = self.backing(&node)?;
+            let (b, _) = self.locate(&node)?;
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW | (flags & libc::O_DIRECT))
@@ -298,14 +298,14 @@ impl UnionFs {
             return Err(Errno::ENODATA);
         }
         let _ns = self.ns.read();
-        let (b, _) = self.backing(&self.node(ino)?)?;
+        let (b, _) = self.locate(&*self.node(ino)?)?;
         xattr::get(b.path(), name)?.ok_or(Errno::ENODATA)
     }
 
     pub fn do_listxattr(&self, ino: u64) -> Res<Vec<u8>> {
         use std::os::unix::ffi::OsStrExt;
         let _ns = self.ns.read();
-        let (b, _) = self.backing(&self.node(ino)?)?;
+        let (b, _) = self.locate(&*self.node(ino)?)?;
         let mut out = Vec::new();
         for n in xattr::list(b.path())? {
             if !whiteout::is_private_xattr(&n) {
@@ -330,12 +330,12 @@ impl UnionFs {
     /// takes it on its index copy without its name being copied up (overlayfs's
     /// ovl_xattr_set writes to the inode's upper, unlike setattr).
     fn xattr_target(&self, node: &super::inode::Node) -> Res<super::core::Backing> {
-        let (b, _) = self.backing(node)?;
+        let (b, _) = self.locate(node)?;
         if !b.is_lower() {
             return Ok(b);
         }
         self.copy_up(node, false)?;
-        Ok(self.backing(node)?.0)
+        Ok(self.locate(node)?.0)
     }
 
     pub fn do_removexattr(&self, ino: u64, name: &OsStr) -> Res<()> {
@@ -344,7 +344,7 @@ impl UnionFs {
         }
         let _ns = self.ns.write();
         let node = self.node(ino)?;
-        if xattr::get(self.backing(&node)?.0.path(), name)?.is_none() {
+        if xattr::get(self.locate(&node)?.0.path(), name)?.is_none() {
             return Err(Errno::ENODATA);
         }
         let b = self.xattr_target(&node)?;

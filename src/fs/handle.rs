@@ -1,10 +1,13 @@
-//! Open files and directories, by the file handle number given to the kernel.
+//! Open files, by the file handle number given to the kernel, and directory listings being
+//! read.
 //!
 //! A file handle owns the backing file descriptor. A read-only open of a lower file keeps
 //! working after the file is copied up: copy-up swaps the descriptor of every handle on that
 //! inode to the upper copy, so reads see what overlayfs would show (the new data).
-//! A directory handle holds the listing taken at opendir, so that offsets stay valid while
-//! entries change (POSIX allows either view of concurrently changed entries).
+//!
+//! Directories have no handles: the kernel is told it need not open them (a round trip per
+//! directory saved on every walk), so a listing being read is kept by directory inode in
+//! [`Listings`] instead.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -51,12 +54,44 @@ pub struct DirEntry {
     pub cookie: u64,
 }
 
+/// How many listings in the middle of being read are kept at once.
+const LISTINGS_KEPT: usize = 16;
+
+/// Listings in the middle of being read, by directory inode.
+///
+/// A read from offset 0 takes a fresh listing and parks it here, so that the reads continuing
+/// it (the kernel asks for one buffer at a time) do not list the directory again; the read that
+/// finds nothing left drops it. At most [`LISTINGS_KEPT`] are parked and the least recently
+/// used goes first, so memory stays bounded however many readers stop half way. A continued
+/// read whose listing is gone lists again and resumes by cookie (see `UnionFs::do_readdir`);
+/// POSIX allows entries changed during a read to show either way.
 #[derive(Debug)]
-pub struct DirHandle {
-    pub ino: u64,
-    /// The listing, taken at the first read and again whenever the directory is read from the
-    /// start (rewinddir).
-    pub entries: RwLock<Option<Arc<Vec<DirEntry>>>>,
+pub struct Listings {
+    parked: Mutex<lru::LruCache<u64, Arc<Vec<DirEntry>>>>,
+}
+
+impl Default for Listings {
+    fn default() -> Listings {
+        let cap = std::num::NonZeroUsize::new(LISTINGS_KEPT).expect("non-zero");
+        Listings {
+            parked: Mutex::new(lru::LruCache::new(cap)),
+        }
+    }
+}
+
+impl Listings {
+    /// The parked listing of directory `ino`.
+    pub fn get(&self, ino: u64) -> Option<Arc<Vec<DirEntry>>> {
+        self.parked.lock().get(&ino).cloned()
+    }
+
+    pub fn park(&self, ino: u64, entries: Arc<Vec<DirEntry>>) {
+        self.parked.lock().put(ino, entries);
+    }
+
+    pub fn drop_listing(&self, ino: u64) {
+        self.parked.lock().pop(&ino);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -66,7 +101,7 @@ pub struct Handles {
     pub open_lock: Mutex<()>,
     next: AtomicU64,
     files: Mutex<HashMap<u64, Arc<FileHandle>>>,
-    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    pub listings: Listings,
 }
 
 impl Handles {
@@ -125,21 +160,4 @@ impl Handles {
             .collect()
     }
 
-    pub fn add_dir(&self, ino: u64) -> u64 {
-        let fh = self.next();
-        let h = DirHandle {
-            ino,
-            entries: RwLock::new(None),
-        };
-        self.dirs.lock().insert(fh, Arc::new(h));
-        fh
-    }
-
-    pub fn dir(&self, fh: u64) -> Option<Arc<DirHandle>> {
-        self.dirs.lock().get(&fh).cloned()
-    }
-
-    pub fn remove_dir(&self, fh: u64) {
-        self.dirs.lock().remove(&fh);
-    }
 }

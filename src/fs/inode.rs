@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::layer_index::{DirView, LowerDir, LowerObj};
 
@@ -28,6 +30,29 @@ pub struct Node {
     pub lower: Option<LowerObj>,
     /// For directories: the lower directories merged into it.
     pub lower_dirs: Vec<LowerDir>,
+    /// Whether the upper is known to hold nothing at the node's path.
+    pub upper_absence: UpperAbsence,
+}
+
+/// "The upper has no object at this node's path", remembered with the upper generation it was
+/// seen at (see `nslock`); shared by every version of the node.
+#[derive(Debug, Clone, Default)]
+pub struct UpperAbsence(Arc<AtomicU64>);
+
+impl UpperAbsence {
+    /// Whether absence was seen at generation `generation`.
+    pub fn known_at(&self, generation: u64) -> bool {
+        self.0.load(Ordering::Relaxed) == generation
+    }
+
+    pub fn record(&self, generation: u64) {
+        self.0.store(generation, Ordering::Relaxed);
+    }
+
+    /// Forgets what was seen (the node's path changed).
+    pub fn forget(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
 }
 
 impl Node {
@@ -46,21 +71,22 @@ impl Node {
     }
 }
 
-/// All known nodes.
+/// All known nodes. Each is shared with the requests using it (a request takes a reference,
+/// not a copy); a change makes a new version of the node when one is in use.
 #[derive(Debug, Default)]
 pub struct Table {
-    nodes: HashMap<u64, Node>,
+    nodes: HashMap<u64, Arc<Node>>,
 }
 
 impl Table {
-    pub fn get(&self, ino: u64) -> Option<&Node> {
+    pub fn get(&self, ino: u64) -> Option<&Arc<Node>> {
         self.nodes.get(&ino)
     }
 
     /// Inserts the root, which is never forgotten.
     pub fn insert_root(&mut self, mut node: Node) {
         node.lookups = u64::MAX / 2;
-        self.nodes.insert(ROOT, node);
+        self.nodes.insert(ROOT, Arc::new(node));
     }
 
     /// Records a lookup of `node` (a new node, or fresh facts about a known one) and counts
@@ -69,18 +95,22 @@ impl Table {
         let alias = node.path().to_path_buf();
         match self.nodes.get_mut(&node.ino) {
             Some(n) => {
+                let n = Arc::make_mut(n);
                 n.lookups += 1;
                 n.is_dir = node.is_dir;
                 n.parent = node.parent;
                 n.lower = node.lower;
                 n.lower_dirs = node.lower_dirs;
+                if n.path() != alias {
+                    n.upper_absence.forget();
+                }
                 n.aliases.retain(|a| *a != alias);
                 n.aliases.push(alias);
             }
             None => {
                 let mut node = node;
                 node.lookups = 1;
-                self.nodes.insert(node.ino, node);
+                self.nodes.insert(node.ino, Arc::new(node));
             }
         }
     }
@@ -91,9 +121,10 @@ impl Table {
             return;
         }
         if let Some(node) = self.nodes.get_mut(&ino) {
-            node.lookups = node.lookups.saturating_sub(n);
-            if node.lookups == 0 {
+            if node.lookups <= n {
                 self.nodes.remove(&ino);
+            } else {
+                Arc::make_mut(node).lookups -= n;
             }
         }
     }
@@ -101,13 +132,14 @@ impl Table {
     /// Forgets the merged path `path` of `ino` (after unlink, rmdir, or being renamed over).
     pub fn remove_alias(&mut self, ino: u64, path: &Path) {
         if let Some(n) = self.nodes.get_mut(&ino) {
-            n.aliases.retain(|a| a != path);
+            Arc::make_mut(n).aliases.retain(|a| a != path);
         }
     }
 
     /// Moves `from` to `to`: the alias itself on `ino`, and for a directory every path below it.
     pub fn rename(&mut self, ino: u64, new_parent: u64, from: &Path, to: &Path) {
         if let Some(n) = self.nodes.get_mut(&ino) {
+            let n = Arc::make_mut(n);
             for a in n.aliases.iter_mut() {
                 if a == from {
                     *a = to.to_path_buf();
@@ -116,8 +148,12 @@ impl Table {
             n.parent = new_parent;
         }
         if !from.as_os_str().is_empty() {
+            let below = |a: &PathBuf| a.starts_with(from) && a.as_path() != from;
             for n in self.nodes.values_mut() {
-                for a in n.aliases.iter_mut() {
+                if !n.aliases.iter().any(below) {
+                    continue;
+                }
+                for a in Arc::make_mut(n).aliases.iter_mut() {
                     if let Ok(rest) = a.strip_prefix(from) {
                         if !rest.as_os_str().is_empty() {
                             *a = to.join(rest);

@@ -287,7 +287,7 @@ impl UnionFs {
         if node.lower.as_ref().is_some_and(|l| l.st.st_nlink > 1) {
             self.copy_up(node, false)?;
         }
-        let (b, _) = self.backing(node)?;
+        let (b, _) = self.locate(node)?;
         if !b.is_lower() {
             up.adjust_nlink(b.path(), -1)?;
         }
