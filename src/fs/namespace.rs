@@ -119,8 +119,8 @@ impl UnionFs {
                 0o777
             }
         };
-        let finish = || -> Res<()> {
-            self.keep_ino_unique(at)?;
+        let finish = || -> Res<u64> {
+            let ino = self.keep_ino_unique(at)?;
             nix::unistd::fchownat(
                 AT_FDCWD,
                 at,
@@ -149,17 +149,32 @@ impl UnionFs {
                     rename(at, &dst, RenameFlags::empty())?;
                 }
             }
-            Ok(())
+            Ok(ino)
         };
-        if let Err(e) = finish() {
-            let _ = if is_new_dir {
-                std::fs::remove_dir(at)
-            } else {
-                std::fs::remove_file(at)
-            };
-            return Err(e);
-        }
-        let (attr, ttl) = self.lookup_locked(parent, name)?;
+        let ino = match finish() {
+            Ok(ino) => ino,
+            Err(e) => {
+                let _ = if is_new_dir {
+                    std::fs::remove_dir(at)
+                } else {
+                    std::fs::remove_file(at)
+                };
+                return Err(e);
+            }
+        };
+        // The entry is what was just made: an upper object with nothing below it (a new
+        // directory where lower ones could show is opaque), so no resolution is needed.
+        let r = Resolved {
+            upper: Some(layer_index::lstat(&dst)?),
+            upper_whiteout: false,
+            lower: None,
+            lower_dirs: Vec::new(),
+        };
+        let mut node = self.node_from(parent, &view, name, &r);
+        node.ino = ino;
+        let attr = self.resolved_attr(&node, &r)?;
+        let ttl = super::core::entry_ttl(&node, &attr);
+        self.table.lock().upsert(node);
         Ok((attr, ttl, opened))
     }
 
@@ -169,11 +184,12 @@ impl UnionFs {
     /// would bind the new object to the kernel's dead inode: a directory made right after an
     /// rmdir would refuse entries (ENOENT). The fresh number is recorded as the object's origin,
     /// so it stays the same across lookups and remounts.
-    fn keep_ino_unique(&self, path: &std::path::Path) -> Res<()> {
+    /// Returns the object's inode number.
+    fn keep_ino_unique(&self, path: &std::path::Path) -> Res<u64> {
         let st = layer_index::lstat(path)?;
         let natural = self.layers.inos.map(st.st_dev, st.st_ino);
         if self.table.lock().get(natural).is_none() {
-            return Ok(());
+            return Ok(natural);
         }
         let up = self.upper()?;
         let fresh = loop {
@@ -187,7 +203,8 @@ impl UnionFs {
             }
         };
         tracing::debug!(natural, fresh, "inode number still in use by the kernel");
-        layer_index::set_origin(path, up.ns(), fresh)
+        layer_index::set_origin(path, up.ns(), fresh)?;
+        Ok(fresh)
     }
 
     /// Hard-links `ino` as `name` in `parent`.
