@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
-use nix::fcntl::RenameFlags;
+use nix::fcntl::{AtFlags, RenameFlags, AT_FDCWD};
 use nix::sys::stat::FileStat;
 
 use crate::layer_index::{self, is_dir, LayerPath, LayerRoot, LowerObj};
@@ -289,7 +289,7 @@ impl Upper {
     /// being replaced holds at most markers (the caller checked that it looks empty).
     pub fn whiteout(&self, rel: &Path) -> Result<()> {
         let tmp = self.temp();
-        whiteout::make_whiteout(&tmp).map_err(|source| Error::Stage {
+        self.stage_whiteout(&tmp).map_err(|source| Error::Stage {
             path: tmp.clone(),
             source,
         })?;
@@ -311,6 +311,28 @@ impl Upper {
             let _ = std::fs::remove_file(&tmp);
         }
         installed
+    }
+
+    /// Makes a whiteout at `tmp` in the work directory: a new link to one shared whiteout
+    /// inode, as overlayfs does, since making a device node costs far more than a link (about
+    /// 20x on ext4 here). A new shared inode is made when there is none yet (the work directory
+    /// is emptied at mount) or it has reached the filesystem's link limit. Called with the
+    /// namespace lock held alone, so the shared inode is never replaced under another caller.
+    fn stage_whiteout(&self, tmp: &Path) -> nix::Result<()> {
+        let shared = self.staging.join("whiteout");
+        let link = || nix::unistd::linkat(AT_FDCWD, &shared, AT_FDCWD, tmp, AtFlags::empty());
+        match link() {
+            Ok(()) => return Ok(()),
+            Err(Errno::ENOENT | Errno::EMLINK) => {}
+            Err(_) => return whiteout::make_whiteout(tmp),
+        }
+        let fresh = self.temp();
+        whiteout::make_whiteout(&fresh)?;
+        if let Err(e) = nix::fcntl::renameat(AT_FDCWD, &fresh, AT_FDCWD, &shared) {
+            let _ = std::fs::remove_file(&fresh);
+            return Err(e);
+        }
+        link()
     }
 
     /// Replaces the upper directory at `rel` (which looks empty but holds whiteouts) with an
