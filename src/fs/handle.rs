@@ -159,5 +159,4 @@ impl Handles {
             .cloned()
             .collect()
     }
-
 }

@@ -13,7 +13,8 @@
 //!
 //! Indexes are saved with bincode under a sha256 of the layer's identity (format version,
 //! path, and the root directory's device, inode and times), loaded when the identity matches,
-//! and rebuilt when the file is missing, stale or corrupt. Building runs in the background
+//! and rebuilt when the file is missing, stale or corrupt. A saved index ends with a sha256 of
+//! everything before it, so corruption that still decodes is caught too. Building runs in the background
 //! after mount; until a layer's index is ready its lookups use plain system calls.
 
 use std::collections::HashMap;
@@ -26,7 +27,10 @@ use sha2::{Digest, Sha256};
 use crate::whiteout;
 
 /// Bumped whenever the saved format or the meaning of the bits changes.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+
+/// Length of the sha256 that ends a saved index and covers everything before it.
+const CHECKSUM_LEN: usize = 32;
 
 pub const DIR: u8 = 1;
 pub const WHITEOUT: u8 = 2;
@@ -50,6 +54,8 @@ pub enum Error {
         #[source]
         source: bincode::error::DecodeError,
     },
+    #[error("index {path} does not match its checksum")]
+    Checksum { path: PathBuf },
     #[error("index {path} belongs to another layer or format")]
     Stale { path: PathBuf },
     #[error("cannot write index {path}")]
@@ -176,12 +182,18 @@ impl LayerIndex {
         if bytes.len() > 64 << 20 {
             return Err(Error::Stale { path });
         }
-        let (saved, _): (Saved, usize) =
-            bincode::decode_from_slice(&bytes, limit).map_err(|source| Error::Corrupt {
+        // A file that decodes is not yet a sound one (a flipped bit in a mark decodes fine):
+        // only a file whose checksum matches and which decodes to its last byte is used.
+        let body = match bytes.len().checked_sub(CHECKSUM_LEN) {
+            Some(n) if Sha256::digest(&bytes[..n])[..] == bytes[n..] => &bytes[..n],
+            _ => return Err(Error::Checksum { path }),
+        };
+        let (saved, used): (Saved, usize) =
+            bincode::decode_from_slice(body, limit).map_err(|source| Error::Corrupt {
                 path: path.clone(),
                 source,
             })?;
-        if saved.format != FORMAT || saved.identity != *id {
+        if used != body.len() || saved.format != FORMAT || saved.identity != *id {
             return Err(Error::Stale { path });
         }
         Ok(LayerIndex {
@@ -206,8 +218,10 @@ impl LayerIndex {
             identity: *id,
             marks: self.marks.iter().map(|(k, v)| (*k, *v)).collect(),
         };
-        let bytes = bincode::encode_to_vec(&saved, bincode::config::standard())
+        let mut bytes = bincode::encode_to_vec(&saved, bincode::config::standard())
             .expect("encoding plain integers into memory cannot fail");
+        let checksum = Sha256::digest(&bytes);
+        bytes.extend_from_slice(&checksum);
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, bytes).map_err(write)?;
         std::fs::rename(&tmp, &path).map_err(write)
@@ -299,11 +313,20 @@ mod tests {
             LayerIndex::load(cache.path(), &other),
             Err(Error::Stale { .. })
         ));
-        std::fs::write(file_of(cache.path(), &id), b"\x01\x02garbage").expect("corrupt");
-        assert!(matches!(
-            LayerIndex::load(cache.path(), &id),
-            Err(Error::Corrupt { .. })
-        ));
+        let good = std::fs::read(file_of(cache.path(), &id)).expect("read");
+        let mut flipped = good.clone();
+        flipped[40] ^= 1;
+        for bad in [
+            b"\x01\x02garbage".to_vec(),
+            flipped,
+            good[..good.len() - 1].to_vec(),
+        ] {
+            std::fs::write(file_of(cache.path(), &id), bad).expect("corrupt");
+            assert!(matches!(
+                LayerIndex::load(cache.path(), &id),
+                Err(Error::Checksum { .. })
+            ));
+        }
         let rebuilt = LayerIndex::load_or_build(d.path(), Some(cache.path())).expect("rebuild");
         assert_eq!(rebuilt.marks, idx.marks);
         assert!(
