@@ -77,12 +77,12 @@ impl UnionFs {
         }
         let parent = rel.parent().unwrap_or(Path::new(""));
         self.copy_up_dir_path(parent)?;
-        let l = node.lower.as_ref().ok_or(Errno::ENOENT)?;
+        let l = self.lower_obj(node)?;
         if node.is_dir {
-            return self.copy_up_one_dir(up, &rel, l, node.ino);
+            return self.copy_up_one_dir(up, &rel, &l, node.ino);
         }
         let src = self.layers.lowers[l.layer].join(&l.path);
-        up.copy_up_file(&rel, l, &src, node.ino, truncate)
+        up.copy_up_file(&rel, &l, &src, node.ino, truncate)
             .map_err(|e| {
                 tracing::warn!(error = %e, path = %rel.display(), "copy-up failed");
                 e.errno()
@@ -101,9 +101,10 @@ impl UnionFs {
             let _ns = self.ns.read();
             let node = self.node(ino)?;
             match (&node.lower, self.upper_stat(node.path())?) {
-                (Some(l), None) if !node.is_dir && l.st.st_nlink == 1 => {
+                (Some(l), None) if !node.is_dir && l.nlink == 1 => {
+                    let l = self.lower_obj(&node)?;
                     let src = self.layers.lowers[l.layer].join(&l.path);
-                    Some((l.clone(), src))
+                    Some((l, src))
                 }
                 _ => None,
             }
@@ -127,7 +128,7 @@ impl UnionFs {
                 if node
                     .lower
                     .as_ref()
-                    .is_some_and(|n| n.layer == l.layer && n.path == l.path)
+                    .is_some_and(|n| n.layer == l.layer && *n.path == *l.path)
                     && self.upper_stat(node.path())?.is_none() =>
             {
                 let rel = node.path().to_path_buf();
@@ -143,6 +144,17 @@ impl UnionFs {
                 self.copy_up(&node, false)
             }
         }
+    }
+
+    /// The lower object of `node` with its attributes, read now (nodes keep only where it is).
+    fn lower_obj(&self, node: &Node) -> Res<LowerObj> {
+        let l = node.lower.as_ref().ok_or(Errno::ENOENT)?;
+        let st = crate::layer_index::lstat(&self.layers.lowers[l.layer].join(&l.path))?;
+        Ok(LowerObj {
+            layer: l.layer,
+            path: l.path.to_path_buf(),
+            st,
+        })
     }
 
     /// Holds the copy-up lock of `ino` while the guard lives.

@@ -17,7 +17,7 @@ use nix::sys::stat::FileStat;
 use parking_lot::Mutex;
 
 use super::handle::{DirEntry, Handles};
-use super::inode::{Node, Table, UpperAbsence, ROOT};
+use super::inode::{Node, NodeLower, Table, UpperAbsence, ROOT};
 use super::nslock::NsLock;
 use crate::cow::Upper;
 use crate::layer_index::LayerPath;
@@ -98,7 +98,7 @@ pub fn kind_of(st: &FileStat) -> FileType {
 /// names makes every operation look its name up first, so that copy-up materialises the name
 /// that was used, as overlayfs does.
 pub fn entry_ttl(node: &Node, attr: &FileAttr) -> Duration {
-    let linked_lower = node.lower.as_ref().is_some_and(|l| l.st.st_nlink > 1);
+    let linked_lower = node.lower.as_ref().is_some_and(|l| l.nlink > 1);
     if !node.is_dir && (attr.nlink > 1 || linked_lower) {
         Duration::ZERO
     } else {
@@ -122,9 +122,12 @@ impl UnionFs {
             ino: ROOT,
             is_dir: true,
             lookups: 0,
-            aliases: vec![PathBuf::new()],
+            aliases: vec![Arc::from(Path::new(""))],
             parent: ROOT,
-            lower: root.lower.clone(),
+            lower: root
+                .lower
+                .as_ref()
+                .map(|l| NodeLower::new(l, &Arc::from(Path::new("")))),
             lower_dirs: root.lower_dirs.clone(),
             upper_absence: UpperAbsence::default(),
         });
@@ -220,7 +223,7 @@ impl UnionFs {
             }
         }
         let lower = node.lower.as_ref().ok_or(Errno::ENOENT)?;
-        if !node.is_dir && lower.st.st_nlink > 1 {
+        if !node.is_dir && lower.nlink > 1 {
             if let Some(up) = &self.upper {
                 let idx = up.index_path(node.ino);
                 if let Ok(st) = layer_index::lstat(&idx) {
@@ -301,13 +304,14 @@ impl UnionFs {
         name: &OsStr,
         r: &Resolved,
     ) -> Node {
+        let alias: Arc<Path> = Arc::from(view.path.join(name));
         Node {
             ino: self.layers.ino_of(view, name, r),
             is_dir: r.is_dir(),
             lookups: 0,
-            aliases: vec![view.path.join(name)],
+            aliases: vec![alias.clone()],
             parent,
-            lower: r.lower.clone(),
+            lower: r.lower.as_ref().map(|l| NodeLower::new(l, &alias)),
             lower_dirs: r.lower_dirs.clone(),
             upper_absence: UpperAbsence::default(),
         }

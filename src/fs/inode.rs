@@ -7,11 +7,38 @@
 //! A node lives while the kernel holds lookups on it; FORGET releases it.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::layer_index::{DirView, LowerDir, LowerObj};
+
+/// What a node keeps of its top-most lower object: where it is and its link count. The rest of
+/// its attributes are read again when needed (a copy-up), since a node of every walked name
+/// stays in memory while the kernel holds it, and lower objects never change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLower {
+    pub layer: usize,
+    /// Shared with the node's merged path when they are the same (without redirects, always).
+    pub path: Arc<Path>,
+    pub nlink: u64,
+}
+
+impl NodeLower {
+    /// What a node at merged path `merged` keeps of `l`.
+    pub fn new(l: &LowerObj, merged: &Arc<Path>) -> NodeLower {
+        let path = if l.path == **merged {
+            merged.clone()
+        } else {
+            Arc::from(l.path.as_path())
+        };
+        NodeLower {
+            layer: l.layer,
+            path,
+            nlink: l.st.st_nlink,
+        }
+    }
+}
 
 /// The FUSE root's inode number.
 pub const ROOT: u64 = 1;
@@ -23,11 +50,11 @@ pub struct Node {
     /// Kernel references (lookup count).
     pub lookups: u64,
     /// Merged paths; the last is the one operations use.
-    pub aliases: Vec<PathBuf>,
+    pub aliases: Vec<Arc<Path>>,
     /// Inode number of the directory holding the last alias.
     pub parent: u64,
     /// The top-most lower object (copy-up source), if any.
-    pub lower: Option<LowerObj>,
+    pub lower: Option<NodeLower>,
     /// For directories: the lower directories merged into it.
     pub lower_dirs: Vec<LowerDir>,
     /// Whether the upper is known to hold nothing at the node's path.
@@ -35,9 +62,15 @@ pub struct Node {
 }
 
 /// "The upper has no object at this node's path", remembered with the upper generation it was
-/// seen at (see `nslock`); shared by every version of the node.
-#[derive(Debug, Clone, Default)]
-pub struct UpperAbsence(Arc<AtomicU64>);
+/// seen at (see `nslock`). A new version of the node starts with what the old one knew.
+#[derive(Debug, Default)]
+pub struct UpperAbsence(AtomicU64);
+
+impl Clone for UpperAbsence {
+    fn clone(&self) -> UpperAbsence {
+        UpperAbsence(AtomicU64::new(self.0.load(Ordering::Relaxed)))
+    }
+}
 
 impl UpperAbsence {
     /// Whether absence was seen at generation `generation`.
@@ -58,7 +91,7 @@ impl UpperAbsence {
 impl Node {
     /// The merged path operations on this node use.
     pub fn path(&self) -> &Path {
-        self.aliases.last().map_or(Path::new(""), |p| p.as_path())
+        self.aliases.last().map_or(Path::new(""), |p| p)
     }
 
     /// The view its children resolve against (`in_upper` as given by the caller).
@@ -92,7 +125,10 @@ impl Table {
     /// Records a lookup of `node` (a new node, or fresh facts about a known one) and counts
     /// one kernel reference.
     pub fn upsert(&mut self, node: Node) {
-        let alias = node.path().to_path_buf();
+        let alias: Arc<Path> = match node.aliases.last() {
+            Some(a) => a.clone(),
+            None => Arc::from(Path::new("")),
+        };
         match self.nodes.get_mut(&node.ino) {
             Some(n) => {
                 let n = Arc::make_mut(n);
@@ -101,10 +137,10 @@ impl Table {
                 n.parent = node.parent;
                 n.lower = node.lower;
                 n.lower_dirs = node.lower_dirs;
-                if n.path() != alias {
+                if n.path() != &*alias {
                     n.upper_absence.forget();
                 }
-                n.aliases.retain(|a| *a != alias);
+                n.aliases.retain(|a| **a != *alias);
                 n.aliases.push(alias);
             }
             None => {
@@ -132,7 +168,7 @@ impl Table {
     /// Forgets the merged path `path` of `ino` (after unlink, rmdir, or being renamed over).
     pub fn remove_alias(&mut self, ino: u64, path: &Path) {
         if let Some(n) = self.nodes.get_mut(&ino) {
-            Arc::make_mut(n).aliases.retain(|a| a != path);
+            Arc::make_mut(n).aliases.retain(|a| &**a != path);
         }
     }
 
@@ -141,14 +177,14 @@ impl Table {
         if let Some(n) = self.nodes.get_mut(&ino) {
             let n = Arc::make_mut(n);
             for a in n.aliases.iter_mut() {
-                if a == from {
-                    *a = to.to_path_buf();
+                if &**a == from {
+                    *a = Arc::from(to);
                 }
             }
             n.parent = new_parent;
         }
         if !from.as_os_str().is_empty() {
-            let below = |a: &PathBuf| a.starts_with(from) && a.as_path() != from;
+            let below = |a: &Arc<Path>| a.starts_with(from) && &**a != from;
             for n in self.nodes.values_mut() {
                 if !n.aliases.iter().any(below) {
                     continue;
@@ -156,7 +192,7 @@ impl Table {
                 for a in Arc::make_mut(n).aliases.iter_mut() {
                     if let Ok(rest) = a.strip_prefix(from) {
                         if !rest.as_os_str().is_empty() {
-                            *a = to.join(rest);
+                            *a = Arc::from(to.join(rest));
                         }
                     }
                 }

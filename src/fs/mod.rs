@@ -109,6 +109,7 @@ pub fn build(cfg: &MountConfig) -> Result<UnionFs, Error> {
 
 /// Mounts the union described by `cfg` on `mountpoint`. Returns once the mount is live.
 pub fn mount(cfg: &MountConfig, mountpoint: &Path) -> Result<Mounted, Error> {
+    crate::sys::process::single_malloc_arena();
     let fs = build(cfg)?;
     let notifier_slot = fs.notifier.clone();
     // Objects are created with exactly the mode the caller asked for (the kernel has applied

@@ -301,7 +301,7 @@ impl UnionFs {
         if r.stat().is_none_or(|st| st.st_nlink <= 1) {
             return Ok(());
         }
-        if node.lower.as_ref().is_some_and(|l| l.st.st_nlink > 1) {
+        if node.lower.as_ref().is_some_and(|l| l.nlink > 1) {
             self.copy_up(node, false)?;
         }
         let (b, _) = self.locate(node)?;

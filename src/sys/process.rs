@@ -7,6 +7,7 @@
 //! process, so [`fork`] refuses to run when any other thread exists instead of trusting callers.
 //! Signal masks are set here too: termination signals are blocked before any thread starts, so
 //! that one thread can take them with sigwait(3) and every later thread inherits the mask.
+//! Allocator tuning that must precede threads ([`single_malloc_arena`]) lives here as well.
 
 use std::fs::File;
 use std::io;
@@ -104,6 +105,18 @@ pub fn block_signals(signals: &[Signal]) -> Result<SigSet, Error> {
     }
     set.thread_block().map_err(Error::Sigmask)?;
     Ok(set)
+}
+
+/// Makes every thread allocate from one malloc arena. The daemon's allocations are small and
+/// short-lived, and its threads few; per-thread arenas (glibc's default) each keep their own
+/// free lists, which grew a walked 60k-entry stack's daemon by a sixth with nothing gained.
+/// Call before any thread starts. Has no effect on other allocators.
+pub fn single_malloc_arena() {
+    // SAFETY: mallopt only changes allocator tuning; M_ARENA_MAX takes any positive value.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 #[cfg(test)]
