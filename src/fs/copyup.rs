@@ -24,6 +24,33 @@ impl UnionFs {
             self.upper()?;
             return Ok(view);
         }
+        // The view may be older than a copy-up made since by the same operation.
+        if self.upper_stat(&view.path)?.is_some_and(|st| is_dir(&st)) {
+            return Ok(DirView {
+                in_upper: true,
+                ..view
+            });
+        }
+        // The common case: the parent is in the upper already (whatever changes a tree works
+        // from the top down), so only this directory is copied, from its top lower directory,
+        // without resolving every ancestor again.
+        if let (Some(parent), Some(top)) = (view.path.parent(), view.lowers.first()) {
+            if self.upper_stat(parent)?.is_some_and(|st| is_dir(&st)) {
+                let up = self.upper()?;
+                let st = crate::layer_index::lstat(&self.layers.lowers[top.layer].join(&top.path))?;
+                let ino = self.layers.inos.map(st.st_dev, st.st_ino);
+                let l = LowerObj {
+                    layer: top.layer,
+                    path: top.path.clone(),
+                    st,
+                };
+                self.copy_up_one_dir(up, &view.path, &l, ino)?;
+                return Ok(DirView {
+                    in_upper: true,
+                    ..view
+                });
+            }
+        }
         self.copy_up_dir_path(&view.path)
     }
 
@@ -31,7 +58,8 @@ impl UnionFs {
     /// ancestor from the lower. Returns its view.
     pub(super) fn copy_up_dir_path(&self, rel: &Path) -> Res<DirView> {
         let up = self.upper()?;
-        let (_, mut view) = self.layers.root_view()?;
+        // The root's lower directories never change; the node made at mount has them.
+        let mut view = self.dir_view(super::inode::ROOT)?;
         view.in_upper = true;
         for comp in rel.components() {
             let Component::Normal(name) = comp else {
