@@ -41,7 +41,7 @@ impl UnionFs {
                 let ino = self.layers.inos.map(st.st_dev, st.st_ino);
                 let l = LowerObj {
                     layer: top.layer,
-                    path: top.path.clone(),
+                    path: top.path.to_path_buf(),
                     st,
                 };
                 self.copy_up_one_dir(up, &view.path, &l, ino)?;

@@ -57,11 +57,13 @@ impl Layer {
     }
 }
 
-/// A directory of some lower layer that takes part in a merged directory.
+/// A directory of some lower layer that takes part in a merged directory. The lower directories
+/// of one merged directory mostly share their path, so it is shared rather than copied: a view
+/// of a directory merged from 100 layers is then cheap to take and to keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LowerDir {
     pub layer: usize,
-    pub path: PathBuf,
+    pub path: Arc<Path>,
 }
 
 /// What the resolution of a merged directory needs to know about it.
@@ -302,12 +304,13 @@ impl Layers {
             .is_some_and(|u| whiteout::is_opaque_dir(&u.root));
         let mut lower_dirs = Vec::new();
         let mut lower = None;
+        let root: Arc<Path> = Arc::from(Path::new(""));
         if !opaque {
             for (i, l) in self.lowers.iter().enumerate() {
                 let st = lstat(&l.root)?;
                 lower_dirs.push(LowerDir {
                     layer: i,
-                    path: PathBuf::new(),
+                    path: root.clone(),
                 });
                 if lower.is_none() {
                     lower = Some(LowerObj {
@@ -395,7 +398,8 @@ impl Layers {
             if self.indexed_key(layer, key) == Some(0) {
                 continue;
             }
-            let path = cands[i - 1].1.to_path_buf();
+            let shared = cands[i - 1].1.clone();
+            let path = shared.to_path_buf();
             let full = self.lowers[layer].join(&path);
             let parent = full.parent().expect("a joined name has a parent");
             let names = listed.and_then(|l| l.lower(layer, &path));
@@ -417,7 +421,7 @@ impl Layers {
             }
             r.lower_dirs.push(LowerDir {
                 layer,
-                path: path.clone(),
+                path: shared,
             });
             if r.lower.is_none() {
                 r.lower = Some(LowerObj {
@@ -506,7 +510,7 @@ impl Layers {
             add(&names);
             listed
                 .lowers
-                .push((d.layer, d.path.clone(), names.into_iter().collect()));
+                .push((d.layer, d.path.to_path_buf(), names.into_iter().collect()));
         }
         let mut out = Vec::with_capacity(order.len());
         for name in order {
@@ -542,11 +546,11 @@ type Candidate = (usize, Arc<Path>);
 /// `name` in each of the given lower directories. Directories of one merged directory mostly
 /// share their path, so the joined path is shared too rather than built per layer.
 fn candidates<'a>(
-    dirs: impl Iterator<Item = (usize, &'a PathBuf)>,
+    dirs: impl Iterator<Item = (usize, &'a Arc<Path>)>,
     name: &OsStr,
 ) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::new();
-    let mut last: Option<(&PathBuf, Arc<Path>)> = None;
+    let mut last: Option<(&Arc<Path>, Arc<Path>)> = None;
     for (layer, dir) in dirs {
         let joined = match &last {
             Some((d, j)) if d.as_os_str() == dir.as_os_str() => j.clone(),
