@@ -118,12 +118,18 @@ impl MountConfig {
     /// `mountpoint`: every path exists and is a directory, upper and work share a filesystem and
     /// do not contain each other, no layer is listed twice or lies inside another (nor the
     /// mountpoint inside a layer or the reverse), the mountpoint is free and `/dev/fuse` exists.
-    pub fn validate(&self, mountpoint: &Path) -> Result<(), ConfigError> {
+    /// Returns the configuration and mountpoint canonicalised (see [`MountConfig::canonicalize`]),
+    /// so that a caller does not resolve every path a second time.
+    pub fn validate(&self, mountpoint: &Path) -> Result<(MountConfig, PathBuf), ConfigError> {
         self.validate_on(&RealHost, mountpoint)
     }
 
     /// [`MountConfig::validate`] against the given machine state.
-    pub fn validate_on(&self, host: &dyn Host, mountpoint: &Path) -> Result<(), ConfigError> {
+    pub fn validate_on(
+        &self,
+        host: &dyn Host,
+        mountpoint: &Path,
+    ) -> Result<(MountConfig, PathBuf), ConfigError> {
         let (cfg, mnt) = self.canonicalize(mountpoint)?;
         let roles = cfg.roles(&mnt);
         if let (Some(upper), Some(work)) = (&cfg.upper, &cfg.work) {
@@ -140,7 +146,7 @@ impl MountConfig {
         if !host.has_fuse_device() {
             return Err(ConfigError::NoFuseDevice);
         }
-        Ok(())
+        Ok((cfg, mnt))
     }
 
     /// Returns the configuration and mountpoint with every path made absolute and free of
@@ -332,7 +338,7 @@ mod tests {
             work: uw.map(|(_, w)| root.join(w)),
             volatile: false,
         };
-        c.validate_on(host, &root.join(mnt))
+        c.validate_on(host, &root.join(mnt)).map(drop)
     }
 
     #[test]

@@ -242,9 +242,9 @@ fn mount(args: MountArgs) -> Result<()> {
     )
     .context("invalid mount options")?;
     let cfg = opts.into_config().context("invalid mount options")?;
-    cfg.validate(&args.mountpoint)
+    let (cfg, mnt) = cfg
+        .validate(&args.mountpoint)
         .with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
-    let (cfg, mnt) = cfg.canonicalize(&args.mountpoint)?;
     if args.foreground {
         let log = match &args.log_file {
             Some(p) => Some(open_log(p)?),
