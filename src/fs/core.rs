@@ -20,8 +20,7 @@ use super::handle::{DirEntry, Handles};
 use super::inode::{Node, NodeLower, Table, UpperAbsence, ROOT};
 use super::nslock::NsLock;
 use crate::cow::Upper;
-use crate::layer_index::LayerPath;
-use crate::layer_index::{self, is_dir, DirView, Layers, Resolved};
+use crate::layer_index::{self, is_dir, DirView, LayerPath, Layers, Resolved};
 
 pub type Res<T> = Result<T, Errno>;
 
@@ -117,17 +116,15 @@ fn name_cookie(name: &OsStr) -> u64 {
 impl UnionFs {
     pub fn new(layers: Layers, upper: Option<Upper>) -> Res<UnionFs> {
         let (root, _) = layers.root_view()?;
+        let root_path: Arc<Path> = Arc::from(Path::new(""));
         let mut table = Table::default();
         table.insert_root(Node {
             ino: ROOT,
             is_dir: true,
             lookups: 0,
-            aliases: vec![Arc::from(Path::new(""))],
+            aliases: vec![root_path.clone()],
             parent: ROOT,
-            lower: root
-                .lower
-                .as_ref()
-                .map(|l| NodeLower::new(l, &Arc::from(Path::new("")))),
+            lower: root.lower.as_ref().map(|l| NodeLower::new(l, &root_path)),
             lower_dirs: root.lower_dirs.clone(),
             upper_absence: UpperAbsence::default(),
         });
