@@ -117,14 +117,9 @@ pub fn mount(cfg: &MountConfig, mountpoint: &Path) -> Result<Mounted, Error> {
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let mut config = Config::default();
     config.n_threads = Some(
-        std::env::var("UNIONFS_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(
-                std::thread::available_parallelism()
-                    .map_or(2, |n| n.get())
-                    .clamp(2, 8),
-            ),
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, 8),
     );
     config.clone_fd = true;
     let mount_err = |source| Error::Mount {
