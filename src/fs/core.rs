@@ -301,9 +301,21 @@ impl UnionFs {
         name: &OsStr,
         r: &Resolved,
     ) -> Node {
+        let ino = self.layers.ino_of(view, name, r);
+        Self::node_at(ino, parent, view, name, r)
+    }
+
+    /// The node of `name` in `view`, resolved as `r`, whose inode number is already known.
+    pub(super) fn node_at(
+        ino: u64,
+        parent: u64,
+        view: &DirView,
+        name: &OsStr,
+        r: &Resolved,
+    ) -> Node {
         let alias: Arc<Path> = Arc::from(view.path.join(name));
         Node {
-            ino: self.layers.ino_of(view, name, r),
+            ino,
             is_dir: r.is_dir(),
             lookups: 0,
             aliases: vec![alias.clone()],

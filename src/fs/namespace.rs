@@ -170,8 +170,7 @@ impl UnionFs {
             lower: None,
             lower_dirs: Vec::new(),
         };
-        let mut node = self.node_from(parent, &view, name, &r);
-        node.ino = ino;
+        let node = Self::node_at(ino, parent, &view, name, &r);
         let attr = self.resolved_attr(&node, &r)?;
         let ttl = super::core::entry_ttl(&node, &attr);
         self.table.lock().upsert(node);
