@@ -37,13 +37,8 @@ impl UnionFs {
         if let (Some(parent), Some(top)) = (view.path.parent(), view.lowers.first()) {
             if self.upper_stat(parent)?.is_some_and(|st| is_dir(&st)) {
                 let up = self.upper()?;
-                let st = crate::layer_index::lstat(&self.layers.lowers[top.layer].join(&top.path))?;
-                let ino = self.layers.inos.map(st.st_dev, st.st_ino);
-                let l = LowerObj {
-                    layer: top.layer,
-                    path: top.path.to_path_buf(),
-                    st,
-                };
+                let l = self.lower_obj_at(top.layer, &top.path)?;
+                let ino = self.layers.inos.map(l.st.st_dev, l.st.st_ino);
                 self.copy_up_one_dir(up, &view.path, &l, ino)?;
                 return Ok(DirView {
                     in_upper: true,
@@ -177,10 +172,15 @@ impl UnionFs {
     /// The lower object of `node` with its attributes, read now (nodes keep only where it is).
     fn lower_obj(&self, node: &Node) -> Res<LowerObj> {
         let l = node.lower.as_ref().ok_or(Errno::ENOENT)?;
-        let st = crate::layer_index::lstat(&self.layers.lowers[l.layer].join(&l.path))?;
+        self.lower_obj_at(l.layer, &l.path)
+    }
+
+    /// The object at `path` in lower `layer`, with its attributes read now.
+    fn lower_obj_at(&self, layer: usize, path: &Path) -> Res<LowerObj> {
+        let st = crate::layer_index::lstat(&self.layers.lowers[layer].join(path))?;
         Ok(LowerObj {
-            layer: l.layer,
-            path: l.path.to_path_buf(),
+            layer,
+            path: path.to_path_buf(),
             st,
         })
     }
