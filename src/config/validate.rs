@@ -6,6 +6,7 @@
 //! table. Each failing check has its own [`ConfigError`] variant naming the [`Role`] and path.
 
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -246,31 +247,43 @@ fn check_upper_work(host: &dyn Host, upper: &Path, work: &Path) -> Result<(), Co
 
 /// No two paths of a mount may be equal or nested: the daemon reads layers by path, so a layer
 /// seen through another layer (or through the mount itself) would show up twice or recurse.
+///
+/// The paths are canonical. Each is compared as its bytes plus a final `/`, so that "`a` lies in
+/// `b`" is "`b`'s key is a prefix of `a`'s". Sorted, the keys that start with a given key follow
+/// it directly, so comparing neighbours finds a clash if there is one: a 100-layer stack costs
+/// one sort rather than 5,000 component-wise comparisons.
 fn check_overlaps(roles: &[(Role, &Path)]) -> Result<(), ConfigError> {
-    for (i, &(first, a)) in roles.iter().enumerate() {
-        for &(second, b) in &roles[i + 1..] {
-            if a == b {
-                return Err(ConfigError::Duplicate {
-                    path: a.to_path_buf(),
-                    first,
-                    second,
-                });
-            }
-            let nested = if b.starts_with(a) {
-                Some(((second, b), (first, a)))
-            } else if a.starts_with(b) {
-                Some(((first, a), (second, b)))
-            } else {
-                None
-            };
-            if let Some(((inner_role, inner), (outer_role, outer))) = nested {
-                return Err(ConfigError::Nested {
-                    inner_role,
-                    inner: inner.to_path_buf(),
-                    outer_role,
-                    outer: outer.to_path_buf(),
-                });
-            }
+    let key = |p: &Path| {
+        let mut k = p.as_os_str().as_bytes().to_vec();
+        if k.last() != Some(&b'/') {
+            k.push(b'/');
+        }
+        k
+    };
+    let mut keyed: Vec<(Vec<u8>, usize)> = roles
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| (key(p), i))
+        .collect();
+    keyed.sort_unstable();
+    for pair in keyed.windows(2) {
+        let ((outer_key, o), (inner_key, i)) = (&pair[0], &pair[1]);
+        let ((outer_role, outer), (inner_role, inner)) = (roles[*o], roles[*i]);
+        if outer_key == inner_key {
+            // Equal keys sort by position: `o` was given first.
+            return Err(ConfigError::Duplicate {
+                path: outer.to_path_buf(),
+                first: outer_role,
+                second: inner_role,
+            });
+        }
+        if inner_key.starts_with(outer_key) {
+            return Err(ConfigError::Nested {
+                inner_role,
+                inner: inner.to_path_buf(),
+                outer_role,
+                outer: outer.to_path_buf(),
+            });
         }
     }
     Ok(())
@@ -343,7 +356,9 @@ mod tests {
 
     #[test]
     fn validate_table() {
-        let (_t, root) = tree(&["l0", "l1", "l0/sub", "u", "w", "u/w2", "w/u2", "m", "l1/m2"]);
+        let (_t, root) = tree(&[
+            "l0", "l1", "l0/sub", "l0-x", "u", "w", "u/w2", "w/u2", "m", "l1/m2",
+        ]);
         let h = FakeHost::ok();
         type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>, &'a str, &'a str);
         let cases: &[Case] = &[
@@ -408,6 +423,15 @@ mod tests {
                 None,
                 "m",
                 "lower layer 2 {root}/l0/sub is inside lower layer 1 {root}/l0",
+            ),
+            // A name that merely starts with another layer's name is not inside it, and does
+            // not hide a real nesting that sorts after it.
+            (&["l0-x", "l0", "l1"], None, "m", ""),
+            (
+                &["l0/sub", "l0-x", "l1", "l0"],
+                None,
+                "m",
+                "lower layer 1 {root}/l0/sub is inside lower layer 4 {root}/l0",
             ),
             (
                 &["l0"],
