@@ -301,7 +301,7 @@ impl Layers {
         let opaque = self
             .upper
             .as_ref()
-            .is_some_and(|u| whiteout::is_opaque_dir(&u.root));
+            .is_some_and(|u| whiteout::is_opaque_root(&u.root));
         let mut lower_dirs = Vec::new();
         let mut lower = None;
         let root: Arc<Path> = Arc::from(Path::new(""));
@@ -319,7 +319,7 @@ impl Layers {
                         st,
                     });
                 }
-                if whiteout::is_opaque_dir(&l.root) {
+                if whiteout::is_opaque_root(&l.root) {
                     break;
                 }
             }

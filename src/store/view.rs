@@ -96,7 +96,7 @@ fn probe(layer: &Path, comps: &[&OsStr]) -> io::Result<Probe> {
     }
     // The root: always a directory.
     let meta = std::fs::symlink_metadata(layer)?;
-    let mask = whiteout::is_opaque_dir(layer);
+    let mask = whiteout::is_opaque_root(layer);
     Ok(Probe::Present { meta, mask })
 }
 

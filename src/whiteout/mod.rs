@@ -88,6 +88,19 @@ pub fn is_opaque_dir(dir: &Path) -> bool {
             }
         }
     }
+    is_aufs_opaque(dir)
+}
+
+/// Whether the root directory of a layer at `root` hides the layers below it.
+///
+/// Only the AUFS marker counts there: kernel overlayfs ignores the opaque xattr on the root of
+/// an upper or lower layer (the merged root always shows every layer), while an OCI layer may
+/// carry `.wh..wh..opq` at its root to replace everything beneath it.
+pub fn is_opaque_root(root: &Path) -> bool {
+    is_aufs_opaque(root)
+}
+
+fn is_aufs_opaque(dir: &Path) -> bool {
     std::fs::symlink_metadata(dir.join(OsStr::from_bytes(AUFS_OPAQUE))).is_ok()
 }
 

@@ -6,7 +6,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 
 use crate::common;
-use crate::harness::{assert_errno, assert_no_markers, lstat, names, read, targets, Env, Node};
+use crate::harness::{
+    assert_errno, assert_no_markers, lstat, names, read, targets, Env, Format, Node,
+};
 use Node::*;
 
 #[test]
@@ -154,6 +156,38 @@ fn opaque_dir_hides_everything_below() {
                 &format!("lstat {gone}"),
                 std::fs::symlink_metadata(e.p(gone)),
                 libc::ENOENT,
+            );
+        }
+        assert_no_markers(t, &e.p(""));
+    }
+}
+
+#[test]
+fn opaque_marker_on_a_layer_root() {
+    if !common::can_mount("opaque_marker_on_a_layer_root") {
+        return;
+    }
+    for t in targets() {
+        let e = Env::new(
+            t,
+            &[
+                &[Opaque(""), File("top", b"t")],
+                &[File("bottom", b"b"), File("d/x", b"x")],
+            ],
+            &[Opaque(""), File("up", b"u")],
+        );
+        // Kernel overlayfs ignores the opaque xattr on the root of a lower or the upper layer;
+        // an OCI layer's `.wh..wh..opq` at its root replaces everything beneath it.
+        let want: &[&str] = match t.format {
+            Format::Overlay => &["bottom", "d", "top", "up"],
+            Format::Aufs => &["top", "up"],
+        };
+        assert_eq!(names(t, &e.p("")), want, "{t}: root");
+        if t.format == Format::Overlay {
+            assert_eq!(
+                read(t, &e.p("d/x")),
+                b"x",
+                "{t}: lower1 below an opaque root"
             );
         }
         assert_no_markers(t, &e.p(""));
