@@ -7,16 +7,17 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno as FuseErrno, FileAttr, FileHandle,
-    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use nix::errno::Errno;
 
 use super::core::{entry_ttl, Res, UnionFs, TTL};
 use super::data::{OpenAs, Opened, SetAttr};
 use super::namespace::{Caller, NewObject};
+use crate::sys::fileattr::FileAttrOp;
 use std::sync::Arc;
 
 const GEN: Generation = Generation(0);
@@ -520,6 +521,32 @@ impl Filesystem for UnionFs {
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _s = tracing::debug_span!("removexattr", ino = ino.0, ?name).entered();
         empty(reply, self.do_removexattr(ino.0, name))
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // Only the inode-attribute ioctls concern a filesystem; anything else (the terminal
+        // query some runtimes make on every open, say) is not for a file, as on overlayfs.
+        let Some(op) = FileAttrOp::from_cmd(cmd) else {
+            return reply.error(err(Errno::ENOTTY));
+        };
+        let _s = tracing::debug_span!("ioctl", ino = ino.0, ?op).entered();
+        if !op.is_set() && (out_size as usize) < op.arg_len() {
+            return reply.error(err(Errno::EINVAL));
+        }
+        match self.do_fileattr(ino.0, op, in_data) {
+            Ok(out) => reply.ioctl(0, &out),
+            Err(e) => reply.error(err(e)),
+        }
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {

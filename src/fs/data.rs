@@ -11,12 +11,14 @@ use std::time::SystemTime;
 
 use fuser::{FileAttr, TimeOrNow};
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, AT_FDCWD};
+use nix::fcntl::{AtFlags, OFlag, AT_FDCWD};
 use nix::sys::stat::{utimensat, FchmodatFlags, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
 use super::core::{errno_of, Res, UnionFs};
+use crate::layer_index;
+use crate::sys::fileattr::{self, FileAttrOp};
 use crate::sys::xattr;
 use crate::whiteout;
 
@@ -329,6 +331,24 @@ impl UnionFs {
     /// Where an xattr change goes: the upper copy, made now if needed. An indexed hard link
     /// takes it on its index copy without its name being copied up (overlayfs's
     /// ovl_xattr_set writes to the inode's upper, unlike setattr).
+    /// An inode-attribute ioctl (lsattr, chattr) on `ino`, run on the object behind it: a get
+    /// reads the object where it is, a set copies it up first and changes the upper copy, as
+    /// overlayfs does. Only directories and regular files have such attributes here; opening
+    /// anything else could have effects of its own.
+    pub fn do_fileattr(&self, ino: u64, op: FileAttrOp, input: &[u8]) -> Res<Vec<u8>> {
+        if op.is_set() {
+            let _ns = self.ns.write();
+            let node = self.node(ino)?;
+            let b = self.xattr_target(&node)?;
+            fileattr_at(&b, node.is_dir, op, input)
+        } else {
+            let _ns = self.ns.read();
+            let node = self.node(ino)?;
+            let (b, _) = self.locate(&node)?;
+            fileattr_at(&b, node.is_dir, op, input)
+        }
+    }
+
     fn xattr_target(&self, node: &super::inode::Node) -> Res<super::core::Backing> {
         let (b, _) = self.locate(node)?;
         if !b.is_lower() {
@@ -350,4 +370,25 @@ impl UnionFs {
         let b = self.xattr_target(&node)?;
         xattr::remove(b.path(), name)
     }
+}
+
+/// Runs an inode-attribute ioctl on the object at `b`.
+fn fileattr_at(
+    b: &super::core::Backing,
+    is_dir: bool,
+    op: FileAttrOp,
+    input: &[u8],
+) -> Res<Vec<u8>> {
+    let mut flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    if is_dir {
+        flags |= OFlag::O_DIRECTORY;
+    } else {
+        let st = layer_index::lstat(b.path())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Errno::ENOTTY);
+        }
+        flags |= OFlag::O_NONBLOCK;
+    }
+    let fd = nix::fcntl::open(b.path(), flags, Mode::empty())?;
+    fileattr::fileattr(&fd, op, input)
 }

@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 pub mod caps;
+pub mod fileattr;
 pub mod ns;
 pub mod process;
 pub mod tty;

@@ -358,3 +358,55 @@ fn readonly_mount_reads_and_rejects_writes_erofs() {
         assert_eq!(read(t, &e.lower(0, "d/a")), b"A", "{t}: lower unchanged");
     }
 }
+
+/// The flags field of `lsattr` for `p` (`-d`: a directory itself, not its entries).
+fn lsattr(t: Target, p: &Path) -> String {
+    let out = std::process::Command::new("lsattr")
+        .arg("-d")
+        .arg(p)
+        .output()
+        .expect("run lsattr");
+    assert!(
+        out.status.success(),
+        "{t}: lsattr {}: {}",
+        p.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("lsattr output");
+    text.split_whitespace().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn inode_flags_read_from_lower_and_set_after_copy_up() {
+    if !common::can_mount("inode_flags_read_from_lower_and_set_after_copy_up") {
+        return;
+    }
+    for t in targets() {
+        let e = Env::new(t, &[&[File("f", b"data"), Dir("d")]], &[]);
+        // lsattr reads the flags of the object behind a name.
+        assert_eq!(lsattr(t, &e.p("f")), lsattr(t, &e.lower(0, "f")), "{t}: f");
+        assert_eq!(lsattr(t, &e.p("d")), lsattr(t, &e.lower(0, "d")), "{t}: d");
+        // chattr copies the file up and sets the flag on the upper copy only.
+        let st = std::process::Command::new("chattr")
+            .arg("+d")
+            .arg(e.p("f"))
+            .status()
+            .expect("run chattr");
+        assert!(st.success(), "{t}: chattr +d");
+        assert!(lsattr(t, &e.p("f")).contains('d'), "{t}: flag through mount");
+        assert!(lsattr(t, &e.upper("f")).contains('d'), "{t}: flag on upper");
+        assert!(!lsattr(t, &e.lower(0, "f")).contains('d'), "{t}: lower unchanged");
+        assert_eq!(read(t, &e.p("f")), b"data", "{t}: data after chattr");
+        // Any other ioctl is not for a file: a terminal query fails with ENOTTY.
+        let out = std::process::Command::new("stty")
+            .arg("-F")
+            .arg(e.p("f"))
+            .output()
+            .expect("run stty");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Inappropriate ioctl"),
+            "{t}: stty on a file: {err}"
+        );
+    }
+}
