@@ -79,16 +79,8 @@ impl Unmounter {
 }
 
 fn open_layers(cfg: &MountConfig) -> Result<Layers, Error> {
-    for p in cfg.upper.iter().chain(cfg.lowers.iter()) {
-        crate::layer_index::Layer::open(p).map_err(|source| Error::Layer {
-            path: p.clone(),
-            source,
-        })?;
-    }
-    Layers::open(cfg.upper.as_deref(), &cfg.lowers).map_err(|source| Error::Layer {
-        path: cfg.lowers.first().cloned().unwrap_or_default(),
-        source,
-    })
+    Layers::open_each(cfg.upper.as_deref(), &cfg.lowers)
+        .map_err(|(path, source)| Error::Layer { path, source })
 }
 
 /// Builds the filesystem for `cfg` without mounting it.

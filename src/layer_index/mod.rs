@@ -33,6 +33,8 @@ pub use root::{LayerPath, LayerRoot};
 pub struct Layer {
     pub root: PathBuf,
     pub dev: u64,
+    /// The root's attributes when the layer was opened: for a lower layer, for good.
+    st: FileStat,
     /// The root, held open so that paths inside the layer can be short (see [`LayerRoot`]).
     base: LayerRoot,
 }
@@ -40,15 +42,21 @@ pub struct Layer {
 impl Layer {
     /// Opens the layer rooted at `root` (which must be a directory).
     pub fn open(root: &Path) -> nix::Result<Layer> {
-        let st = lstat(root)?;
-        if !is_dir(&st) {
-            return Err(Errno::ENOTDIR);
-        }
+        let base = LayerRoot::open(root)?;
+        let st = base.stat()?;
         Ok(Layer {
             root: root.to_path_buf(),
             dev: st.st_dev,
-            base: LayerRoot::open(root)?,
+            st,
+            base,
         })
+    }
+
+    /// Whether this layer's root hides the layers below it (see [`whiteout::is_opaque_root`]).
+    fn root_is_opaque(&self) -> bool {
+        self.base
+            .stat_entry(OsStr::from_bytes(whiteout::AUFS_OPAQUE))
+            .is_ok()
     }
 
     /// The path of `rel` inside this layer, for the daemon's own system calls.
@@ -221,11 +229,17 @@ fn parse_redirect(v: Vec<u8>) -> Option<Redirect> {
 impl Layers {
     /// Opens the layers. `lowers` are top-most first.
     pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> nix::Result<Layers> {
-        let upper = upper.map(Layer::open).transpose()?;
+        Layers::open_each(upper, lowers).map_err(|(_, e)| e)
+    }
+
+    /// [`Layers::open`], naming the layer that could not be opened.
+    pub fn open_each(upper: Option<&Path>, lowers: &[PathBuf]) -> Result<Layers, (PathBuf, Errno)> {
+        let open = |p: &Path| Layer::open(p).map_err(|e| (p.to_path_buf(), e));
+        let upper = upper.map(open).transpose()?;
         let lowers = lowers
             .iter()
-            .map(|p| Layer::open(p))
-            .collect::<nix::Result<Vec<_>>>()?;
+            .map(|p| open(p))
+            .collect::<Result<Vec<_>, _>>()?;
         let devs = upper.iter().chain(lowers.iter()).map(|l| l.dev);
         let inos = InoMapper::new(devs);
         let indexes = Arc::new(lowers.iter().map(|_| OnceLock::new()).collect());
@@ -295,19 +309,16 @@ impl Layers {
     /// The view of the root directory.
     pub fn root_view(&self) -> nix::Result<(Resolved, DirView)> {
         let upper = match &self.upper {
-            Some(u) => Some(lstat(&u.root)?),
+            Some(u) => Some(u.base.stat()?),
             None => None,
         };
-        let opaque = self
-            .upper
-            .as_ref()
-            .is_some_and(|u| whiteout::is_opaque_root(&u.root));
+        let opaque = self.upper.as_ref().is_some_and(Layer::root_is_opaque);
         let mut lower_dirs = Vec::new();
         let mut lower = None;
         let root: Arc<Path> = Arc::from(Path::new(""));
         if !opaque {
             for (i, l) in self.lowers.iter().enumerate() {
-                let st = lstat(&l.root)?;
+                let st = l.st;
                 lower_dirs.push(LowerDir {
                     layer: i,
                     path: root.clone(),
@@ -319,7 +330,7 @@ impl Layers {
                         st,
                     });
                 }
-                if whiteout::is_opaque_root(&l.root) {
+                if l.root_is_opaque() {
                     break;
                 }
             }

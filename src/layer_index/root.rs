@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::errno::Errno;
+use nix::fcntl::AtFlags;
 use nix::fcntl::OFlag;
-use nix::sys::stat::Mode;
+use nix::sys::stat::{fstat, fstatat, FileStat, Mode};
 
 /// Longest name handed to a system call, kept well under PATH_MAX (4096 with its NUL).
 const NAME_MAX_LEN: usize = 3072;
@@ -34,11 +35,28 @@ pub struct LayerRoot {
 
 impl LayerRoot {
     pub fn open(root: &Path) -> nix::Result<LayerRoot> {
-        let fd = open_dir(root)?;
+        // A root that is a symlink is refused (ENOTDIR) rather than followed: callers name
+        // roots by canonical paths, and a layer must not change under a swapped link.
+        let fd = nix::fcntl::open(
+            root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
         Ok(LayerRoot {
             base: fd_path(&fd),
             fd: Arc::new(fd),
         })
+    }
+
+    /// The attributes of the root itself, through its descriptor.
+    pub fn stat(&self) -> nix::Result<FileStat> {
+        fstat(&*self.fd)
+    }
+
+    /// The attributes of the entry `name` directly in the root, not following a symlink: one
+    /// lookup from the held descriptor, where a path would walk from `/` again.
+    pub fn stat_entry(&self, name: &OsStr) -> nix::Result<FileStat> {
+        fstatat(&*self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
     }
 
     /// The name of `rel` below the root; the root itself is `…/N/.`, so that the descriptor's
