@@ -373,7 +373,10 @@ fn lsattr(t: Target, p: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).expect("lsattr output");
-    text.split_whitespace().next().unwrap_or_default().to_string()
+    text.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -393,9 +396,15 @@ fn inode_flags_read_from_lower_and_set_after_copy_up() {
             .status()
             .expect("run chattr");
         assert!(st.success(), "{t}: chattr +d");
-        assert!(lsattr(t, &e.p("f")).contains('d'), "{t}: flag through mount");
+        assert!(
+            lsattr(t, &e.p("f")).contains('d'),
+            "{t}: flag through mount"
+        );
         assert!(lsattr(t, &e.upper("f")).contains('d'), "{t}: flag on upper");
-        assert!(!lsattr(t, &e.lower(0, "f")).contains('d'), "{t}: lower unchanged");
+        assert!(
+            !lsattr(t, &e.lower(0, "f")).contains('d'),
+            "{t}: lower unchanged"
+        );
         assert_eq!(read(t, &e.p("f")), b"data", "{t}: data after chattr");
         // Any other ioctl is not for a file: a terminal query fails with ENOTTY.
         let out = std::process::Command::new("stty")
