@@ -328,9 +328,6 @@ impl UnionFs {
         xattr::set(b.path(), name, value, flags)
     }
 
-    /// Where an xattr change goes: the upper copy, made now if needed. An indexed hard link
-    /// takes it on its index copy without its name being copied up (overlayfs's
-    /// ovl_xattr_set writes to the inode's upper, unlike setattr).
     /// An inode-attribute ioctl (lsattr, chattr) on `ino`, run on the object behind it: a get
     /// reads the object where it is, a set copies it up first and changes the upper copy, as
     /// overlayfs does. Only directories and regular files have such attributes here; opening
@@ -349,6 +346,9 @@ impl UnionFs {
         }
     }
 
+    /// Where an xattr change goes: the upper copy, made now if needed. An indexed hard link
+    /// takes it on its index copy without its name being copied up (overlayfs's
+    /// ovl_xattr_set writes to the inode's upper, unlike setattr).
     fn xattr_target(&self, node: &super::inode::Node) -> Res<super::core::Backing> {
         let (b, _) = self.locate(node)?;
         if !b.is_lower() {
