@@ -984,3 +984,79 @@ fn relative_paths_work_after_detaching() {
 fn populate_one(dir: &Path) {
     std::fs::write(dir.join("only.txt"), b"only").unwrap();
 }
+
+/// Context switches of the daemon's io_uring queue threads (`unionfs-q<cpu>.<n>`), and how
+/// many there are.
+fn queue_thread_switches(pid: i32) -> (usize, u64) {
+    let (mut threads, mut switches) = (0, 0);
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("unionfs-q") {
+            continue;
+        }
+        threads += 1;
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(n) = line.strip_prefix("voluntary_ctxt_switches:") {
+                switches += n.trim().parse::<u64>().unwrap();
+            }
+        }
+    }
+    (threads, switches)
+}
+
+/// Where the kernel offers FUSE-over-io_uring (the fuse module's `enable_uring`, which
+/// `cargo xtask test` sets), requests are served by the per-CPU queue threads; with
+/// `-o noio_uring` there are none and fuser's threads serve everything.
+#[test]
+fn requests_go_over_io_uring_unless_refused() {
+    if !common::can_mount("requests_go_over_io_uring_unless_refused") {
+        return;
+    }
+    let Ok(param) = std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring") else {
+        eprintln!("skipping requests_go_over_io_uring_unless_refused: no FUSE-over-io_uring here");
+        return;
+    };
+    if param.trim() != "Y" {
+        let why = "the fuse module's enable_uring is not Y";
+        assert!(
+            std::env::var_os("UNIONFS_STRICT").is_none_or(|v| v != "1"),
+            "{why} under UNIONFS_STRICT=1 (cargo xtask test sets it)"
+        );
+        eprintln!("skipping requests_go_over_io_uring_unless_refused: {why}");
+        return;
+    }
+    const FILES: usize = 300;
+    for uring in [true, false] {
+        let mut s = Stack::new(2);
+        populate(&s);
+        for i in 0..FILES {
+            std::fs::write(s.lowers[1].join(format!("f{i}")), b"x").unwrap();
+        }
+        s.dev_fuse_only = !uring;
+        let guard = s.mount_unionfs();
+        let daemons = daemons_of(&s.mnt);
+        assert_eq!(daemons.len(), 1, "expected one daemon, found {daemons:?}");
+        let (_, before) = queue_thread_switches(daemons[0]);
+        for i in 0..FILES {
+            let data = std::fs::read(s.mnt.join(format!("f{i}"))).unwrap();
+            assert_eq!(data, b"x");
+        }
+        let (threads, after) = queue_thread_switches(daemons[0]);
+        if uring {
+            assert!(threads > 0, "no io_uring queue threads");
+            // Each file costs at least a LOOKUP and an OPEN, each a wake-up of a queue thread.
+            let served = after - before;
+            assert!(
+                served >= FILES as u64,
+                "queue threads woke {served} times for {FILES} files"
+            );
+        } else {
+            assert_eq!(threads, 0, "io_uring queue threads despite noio_uring");
+        }
+        guard.unmount();
+    }
+}

@@ -385,18 +385,23 @@ fn trial(s: &Stack, sc: &Arc<impl Scenario>, i: usize, rng: &mut Rng, tally: &mu
     } else {
         tally.interrupted += 1;
     }
+    // A dead mount answers ENOTCONN. Over io_uring a request can also reach the connection
+    // before the kernel has torn it down: handed to a queue entry whose ring died with the
+    // daemon it fails with ECANCELED, and left waiting for an entry it is ended with
+    // ECONNABORTED. Either way nothing is served.
+    let dead = [libc::ENOTCONN, libc::ECONNABORTED, libc::ECANCELED];
     let err = nix::sys::statfs::statfs(&mnt).expect_err("statfs of a dead mount succeeded");
-    assert_eq!(err, nix::errno::Errno::ENOTCONN, "statfs of the dead mount");
+    assert!(
+        dead.contains(&(err as i32)),
+        "statfs of the dead mount: {err}"
+    );
     // The kernel opens directories without asking the daemon (it was told it need not), so
     // the error may come from the open or from the first read.
     let err = std::fs::read_dir(&mnt)
         .and_then(|mut rd| rd.next().transpose())
         .expect_err("listing a dead mount succeeded");
-    assert_eq!(
-        err.raw_os_error(),
-        Some(libc::ENOTCONN),
-        "readdir of the dead mount"
-    );
+    let errno = err.raw_os_error().unwrap_or(0);
+    assert!(dead.contains(&errno), "readdir of the dead mount: {err}");
     unionfs_umount(&mnt);
     mount(s);
     let sc = sc.clone();

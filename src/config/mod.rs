@@ -39,4 +39,6 @@ pub struct MountConfig {
     pub work: Option<PathBuf>,
     /// Skip the fsyncs of copy-up and of fsync(2), like overlayfs's `volatile`.
     pub volatile: bool,
+    /// Take requests only over `/dev/fuse`, even where the kernel offers io_uring.
+    pub no_io_uring: bool,
 }

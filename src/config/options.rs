@@ -74,6 +74,7 @@ pub struct MountOptions {
     pub work: Option<PathBuf>,
     pub volatile: bool,
     pub read_only: bool,
+    pub no_io_uring: bool,
 }
 
 impl MountOptions {
@@ -109,14 +110,14 @@ impl MountOptions {
             }
             "upperdir" => self.upper = Some(unescape(need(&name, value)?)),
             "workdir" => self.work = Some(unescape(need(&name, value)?)),
-            "volatile" | "ro" => {
+            "volatile" | "ro" | "io_uring" | "noio_uring" => {
                 if value.is_some() {
                     return Err(OptionError::UnexpectedValue(name));
                 }
-                if name == "ro" {
-                    self.read_only = true;
-                } else {
-                    self.volatile = true;
+                match name.as_str() {
+                    "ro" => self.read_only = true,
+                    "volatile" => self.volatile = true,
+                    n => self.no_io_uring = n == "noio_uring",
                 }
             }
             n if HARMLESS.contains(&n) => {
@@ -184,6 +185,7 @@ impl MountOptions {
             upper,
             work,
             volatile: self.volatile,
+            no_io_uring: self.no_io_uring,
         })
     }
 }
@@ -265,6 +267,7 @@ mod tests {
             upper: upper.map(p),
             work: work.map(p),
             volatile,
+            no_io_uring: false,
         }
     }
 

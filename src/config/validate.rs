@@ -175,6 +175,7 @@ impl MountConfig {
             upper: upper.transpose()?,
             work: work.transpose()?,
             volatile: self.volatile,
+            no_io_uring: self.no_io_uring,
         };
         let mnt = canonical_dir(Role::Mountpoint, mountpoint)?;
         Ok((cfg, mnt))
@@ -371,6 +372,7 @@ mod tests {
             upper: uw.map(|(u, _)| root.join(u)),
             work: uw.map(|(_, w)| root.join(w)),
             volatile: false,
+            no_io_uring: false,
         };
         c.validate_on(host, &root.join(mnt)).map(drop)
     }

@@ -15,9 +15,11 @@ use fuser::{
 use nix::errno::Errno;
 
 use super::core::{entry_ttl, Res, UnionFs, TTL};
-use super::data::{OpenAs, Opened, SetAttr};
+use super::data::{OpenAs, SetAttr};
 use super::namespace::{Caller, NewObject};
+use super::uring;
 use crate::sys::fileattr::FileAttrOp;
+use crate::sys::passthrough;
 use std::sync::Arc;
 
 const GEN: Generation = Generation(0);
@@ -86,31 +88,6 @@ fn xattr_reply(reply: ReplyXattr, size: u32, r: Res<Vec<u8>>) {
 }
 
 impl UnionFs {
-    /// The passthrough registration an opened file is to be replied with: the inode's existing
-    /// one, or a new one made with `open_backing`; `None` when the daemon serves the file (by
-    /// choice, or because the kernel refused the registration).
-    fn backing_for(
-        &self,
-        o: &Opened,
-        open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<fuser::BackingId>,
-    ) -> Option<Arc<fuser::BackingId>> {
-        match &o.how {
-            OpenAs::Served { .. } => None,
-            OpenAs::Passthrough(Some(b)) => Some(b.clone()),
-            OpenAs::Passthrough(None) => match open_backing(&o.file) {
-                Ok(b) => {
-                    let b = Arc::new(b);
-                    self.set_backing(o.fh, b.clone());
-                    Some(b)
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "passthrough refused; serving the file");
-                    None
-                }
-            },
-        }
-    }
-
     fn make(
         &self,
         req: &Request,
@@ -126,11 +103,26 @@ impl UnionFs {
     }
 }
 
-impl Filesystem for UnionFs {
+/// The filesystem as fuser serves it: a handle on the state the io_uring queues share.
+pub struct Fuse(pub Arc<UnionFs>);
+
+impl std::ops::Deref for Fuse {
+    type Target = UnionFs;
+
+    fn deref(&self) -> &UnionFs {
+        &self.0
+    }
+}
+
+impl Filesystem for Fuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Passthrough needs a stacking depth of 1: the layers sit on a plain filesystem, and
         // the mount itself may still be a layer of overlayfs.
-        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        // Passthrough registrations are made on the connection's descriptor, which only a
+        // mount made by this process (as root) has.
+        let dev = self.dev.get().cloned();
+        if dev.is_some()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
             self.passthrough
@@ -149,6 +141,17 @@ impl Filesystem for UnionFs {
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!(?cap, "kernel lacks capability");
+            }
+        }
+        // The io_uring queues' payload buffers are sized by the largest write.
+        let _ = config.set_max_write(uring::MAX_PAYLOAD);
+        if let Some(dev) = dev.filter(|_| self.io_uring && uring::enabled()) {
+            if config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok()
+            {
+                tracing::info!("serving requests over io_uring");
+                *self.queues.lock() = uring::start(self.0.clone(), dev);
             }
         }
         Ok(())
@@ -318,8 +321,8 @@ impl Filesystem for UnionFs {
         };
         let fh = FileHandle(o.fh);
         let keep_cache = matches!(o.how, OpenAs::Served { keep_cache: true });
-        match self.backing_for(&o, |f| reply.open_backing(f)) {
-            Some(b) => reply.opened_passthrough(fh, FopenFlags::empty(), &b),
+        match self.backing_for(&o) {
+            Some(b) => passthrough::reply_opened(reply, fh, &b),
             None => reply.opened(fh, cache_flags(keep_cache)),
         }
     }
@@ -574,8 +577,8 @@ impl Filesystem for UnionFs {
             Ok((attr, ttl, Some(file))) => {
                 let o = self.register_open(attr.ino.0, file, false);
                 let (fh, none) = (FileHandle(o.fh), FopenFlags::empty());
-                match self.backing_for(&o, |f| reply.open_backing(f)) {
-                    Some(b) => reply.created_passthrough(&ttl, &attr, GEN, fh, none, &b),
+                match self.backing_for(&o) {
+                    Some(b) => passthrough::reply_created(reply, &ttl, &attr, fh, &b),
                     None => reply.created(&ttl, &attr, GEN, fh, none),
                 }
             }

@@ -66,6 +66,13 @@ pub struct UnionFs {
     pub(super) passthrough: std::sync::atomic::AtomicBool,
     /// Set once the session exists (the filesystem is built before it).
     pub(crate) notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// The connection's `/dev/fuse` descriptor, when this process mounted it: what passthrough
+    /// registrations and the io_uring queues are made on.
+    pub(super) dev: std::sync::OnceLock<Arc<std::os::fd::OwnedFd>>,
+    /// Whether to ask the kernel for io_uring at init (the mount's `noio_uring` unset).
+    pub(super) io_uring: bool,
+    /// The io_uring queue threads, when the kernel agreed at init to send requests that way.
+    pub(super) queues: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 pub fn errno_of(e: std::io::Error) -> Errno {
@@ -137,6 +144,9 @@ impl UnionFs {
             notifier: Arc::default(),
             passthrough: std::sync::atomic::AtomicBool::new(false),
             copyups: Mutex::default(),
+            dev: std::sync::OnceLock::new(),
+            io_uring: false,
+            queues: Mutex::default(),
         })
     }
 

@@ -19,6 +19,7 @@ use nix::unistd::{Gid, Uid};
 use super::core::{errno_of, Res, UnionFs};
 use crate::layer_index;
 use crate::sys::fileattr::{self, FileAttrOp};
+use crate::sys::passthrough::BackingFile;
 use crate::sys::xattr;
 use crate::whiteout;
 
@@ -53,7 +54,7 @@ pub enum OpenAs {
     /// opens (the data is an immutable lower file).
     Served { keep_cache: bool },
     /// By the kernel on the backing file (FUSE passthrough); `None`: register `file` first.
-    Passthrough(Option<Arc<fuser::BackingId>>),
+    Passthrough(Option<Arc<BackingFile>>),
 }
 
 /// A file opened by `do_open` or `do_create`, registered as handle `fh`.
@@ -93,9 +94,36 @@ impl UnionFs {
     }
 
     /// Records the passthrough registration of handle `fh`.
-    pub fn set_backing(&self, fh: u64, backing: Arc<fuser::BackingId>) {
+    fn set_backing(&self, fh: u64, backing: Arc<BackingFile>) {
         if let Some(h) = self.handles.file(fh) {
             *h.backing.lock() = Some(backing);
+        }
+    }
+
+    /// The passthrough registration an opened file is to be replied with: the inode's existing
+    /// one, or a new one; `None` when the daemon serves the file (by choice, or because the
+    /// kernel refused the registration).
+    pub(super) fn backing_for(&self, o: &Opened) -> Option<Arc<BackingFile>> {
+        match &o.how {
+            OpenAs::Served { .. } => None,
+            OpenAs::Passthrough(Some(b)) => Some(b.clone()),
+            OpenAs::Passthrough(None) => {
+                let made = match self.dev.get() {
+                    Some(dev) => BackingFile::open(dev, &o.file),
+                    None => Err(std::io::ErrorKind::Unsupported.into()),
+                };
+                match made {
+                    Ok(b) => {
+                        let b = Arc::new(b);
+                        self.set_backing(o.fh, b.clone());
+                        Some(b)
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "passthrough refused; serving the file");
+                        None
+                    }
+                }
+            }
         }
     }
 

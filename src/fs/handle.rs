@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::sys::passthrough::BackingFile;
+
 #[derive(Debug)]
 pub struct FileHandle {
     pub ino: u64,
@@ -26,7 +28,7 @@ pub struct FileHandle {
     pub on_lower: RwLock<bool>,
     /// The kernel's passthrough registration of the inode's backing file, shared by every
     /// passthrough handle of the inode; `None` for a handle the daemon serves itself.
-    pub backing: Mutex<Option<Arc<fuser::BackingId>>>,
+    pub backing: Mutex<Option<Arc<BackingFile>>>,
 }
 
 /// How the open files of one inode are served now. The kernel requires one mode per inode
@@ -34,7 +36,7 @@ pub struct FileHandle {
 #[derive(Debug, Default)]
 pub struct IoState {
     pub served: usize,
-    pub backing: Option<Arc<fuser::BackingId>>,
+    pub backing: Option<Arc<BackingFile>>,
 }
 
 impl FileHandle {

@@ -14,6 +14,8 @@ mod handle;
 mod inode;
 mod namespace;
 mod nslock;
+mod uring;
+mod wire;
 
 use std::path::{Path, PathBuf};
 
@@ -49,8 +51,9 @@ pub enum Error {
 
 /// A live mount; [`Mounted::run`] serves it until it is unmounted.
 pub struct Mounted {
-    session: fuser::Session<UnionFs>,
+    session: fuser::Session<adapter::Fuse>,
     unmount: UnmountBy,
+    fs: std::sync::Arc<UnionFs>,
 }
 
 #[derive(Clone)]
@@ -93,16 +96,18 @@ pub fn build(cfg: &MountConfig) -> Result<UnionFs, Error> {
         }
         _ => None,
     };
-    UnionFs::new(layers, upper).map_err(|source| Error::Layer {
+    let mut fs = UnionFs::new(layers, upper).map_err(|source| Error::Layer {
         path: cfg.lowers.first().cloned().unwrap_or_default(),
         source,
-    })
+    })?;
+    fs.io_uring = !cfg.no_io_uring;
+    Ok(fs)
 }
 
 /// Mounts the union described by `cfg` on `mountpoint`. Returns once the mount is live.
 pub fn mount(cfg: &MountConfig, mountpoint: &Path) -> Result<Mounted, Error> {
     crate::sys::process::single_malloc_arena();
-    let fs = build(cfg)?;
+    let fs = std::sync::Arc::new(build(cfg)?);
     let notifier_slot = fs.notifier.clone();
     // Objects are created with exactly the mode the caller asked for (the kernel has applied
     // the caller's umask already).
@@ -121,7 +126,16 @@ pub fn mount(cfg: &MountConfig, mountpoint: &Path) -> Result<Mounted, Error> {
     let read_only = cfg.upper.is_none();
     if nix::unistd::geteuid().is_root() {
         let dev = kernel_mount(mountpoint, read_only).map_err(mount_err)?;
-        let session = fuser::Session::from_fd(fs, dev, SessionACL::All, config);
+        match dev.try_clone() {
+            Ok(d) => {
+                let _ = fs.dev.set(std::sync::Arc::new(d));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no passthrough or io_uring: cannot keep /dev/fuse")
+            }
+        }
+        let fuse = adapter::Fuse(fs.clone());
+        let session = fuser::Session::from_fd(fuse, dev, SessionACL::All, config);
         let session = match session {
             Ok(s) => s,
             Err(e) => {
@@ -131,7 +145,11 @@ pub fn mount(cfg: &MountConfig, mountpoint: &Path) -> Result<Mounted, Error> {
         };
         let _ = notifier_slot.set(session.notifier());
         let unmount = UnmountBy::Path(mountpoint.to_path_buf());
-        return Ok(Mounted { session, unmount });
+        return Ok(Mounted {
+            session,
+            unmount,
+            fs,
+        });
     }
     let mut options = vec![
         MountOption::FSName("unionfs".into()),
@@ -143,11 +161,16 @@ pub fn mount(cfg: &MountConfig, mountpoint: &Path) -> Result<Mounted, Error> {
     }
     config.mount_options = options;
     config.acl = SessionACL::Owner;
-    let mut session = fuser::Session::new(fs, mountpoint, &config).map_err(mount_err)?;
+    let fuse = adapter::Fuse(fs.clone());
+    let mut session = fuser::Session::new(fuse, mountpoint, &config).map_err(mount_err)?;
     let _ = notifier_slot.set(session.notifier());
     let unmounter = session.unmount_callable();
     let unmount = UnmountBy::Fuser(std::sync::Arc::new(parking_lot::Mutex::new(unmounter)));
-    Ok(Mounted { session, unmount })
+    Ok(Mounted {
+        session,
+        unmount,
+        fs,
+    })
 }
 
 /// Mounts a FUSE filesystem on `mountpoint` with mount(2) and returns the /dev/fuse
@@ -193,6 +216,8 @@ impl Mounted {
     /// Serves requests until the filesystem is unmounted (by [`Unmounter`], `umount` or
     /// `fusermount3 -u`). Returns `Ok` on a clean unmount.
     pub fn run(self) -> Result<(), Error> {
-        self.session.run().map_err(Error::Session)
+        let served = self.session.run().map_err(Error::Session);
+        uring::join(std::mem::take(&mut *self.fs.queues.lock()));
+        served
     }
 }

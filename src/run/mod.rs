@@ -160,6 +160,7 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome, Error> {
         upper: Some(layer.dir.join("upper")),
         work: Some(layer.dir.join("work")),
         volatile: false,
+        no_io_uring: false,
     };
     let merged = layer.dir.join("merged");
     mount_cfg.validate(&merged).map_err(Error::Layers)?;

@@ -7,7 +7,9 @@
 
 pub mod caps;
 pub mod fileattr;
+pub mod fuse_ring;
 pub mod ns;
+pub mod passthrough;
 pub mod process;
 pub mod tty;
 pub mod xattr;

@@ -119,6 +119,16 @@ pub fn single_malloc_arena() {
     }
 }
 
+/// Moves the calling thread to the SCHED_IDLE policy (sched(7)); nix does not wrap
+/// sched_setscheduler.
+pub fn sched_idle() -> nix::Result<()> {
+    let policy = libc::SCHED_IDLE;
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is this thread.
+    let r = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

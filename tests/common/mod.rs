@@ -47,6 +47,8 @@ pub struct Stack {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub mnt: PathBuf,
+    /// Mount with `-o noio_uring`: requests over `/dev/fuse` only.
+    pub dev_fuse_only: bool,
 }
 
 impl Stack {
@@ -70,6 +72,7 @@ impl Stack {
             upper,
             work,
             mnt,
+            dev_fuse_only: false,
         }
     }
 
@@ -111,6 +114,9 @@ impl Stack {
             .arg("mount")
             .arg("--lower")
             .arg(self.lowerdir());
+        if self.dev_fuse_only {
+            cmd.arg("-o").arg("noio_uring");
+        }
         if writable {
             cmd.arg("--upper")
                 .arg(&self.upper)

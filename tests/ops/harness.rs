@@ -1,6 +1,8 @@
 //! Targets and fixtures for the operation tests: every test runs once per [`Target`] (kernel
 //! overlayfs as the reference, then unionfs over overlay-format and over AUFS-format lowers), on
-//! a stack built from a short, format-independent description ([`Node`]).
+//! a stack built from a short, format-independent description ([`Node`]). The two unionfs
+//! targets also differ in transport: overlay-format stacks are served over io_uring where the
+//! kernel offers it, AUFS-format ones over `/dev/fuse` (`-o noio_uring`).
 //!
 //! `UNIONFS_OPS_TARGETS` (comma-separated `kernel`, `unionfs-overlay`, `unionfs-aufs`, or
 //! `unionfs` for both unionfs targets) selects targets; unset means all of them.
@@ -167,7 +169,11 @@ impl Env {
     /// Builds the stack: `lowers` top-most first, in the target's format; `upper` always in
     /// overlay format (the only format the filesystems write). Not mounted yet.
     pub fn build(t: Target, lowers: &[&[Node]], upper: &[Node]) -> Env {
-        let s = Stack::new(lowers.len());
+        let mut s = Stack::new(lowers.len());
+        // One unionfs target per transport, so that the suite covers both: the overlay-format
+        // stacks are served over io_uring where the kernel offers it, the AUFS-format ones over
+        // /dev/fuse.
+        s.dev_fuse_only = t.format == Format::Aufs;
         for (dir, nodes) in s.lowers.iter().zip(lowers) {
             build_layer(dir, nodes, t.format);
         }

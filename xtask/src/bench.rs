@@ -122,6 +122,7 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
 
     host::phase(1, PHASES, "checking the host");
     host::require_mount_rights()?;
+    host::enable_fuse_uring();
     host::ensure_tools()?;
     let bench_dir = host::target_dir().join("bench");
     fs::create_dir_all(&bench_dir).context(|| format!("create {}", bench_dir.display()))?;

@@ -66,6 +66,7 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
     let start = Instant::now();
     host::phase(1, PHASES, "checking the host can mount");
     host::require_mount_rights()?;
+    host::enable_fuse_uring();
 
     host::phase(2, PHASES, "installing the suites (target/tools, stress-ng)");
     let tools = host::target_dir().join("tools");

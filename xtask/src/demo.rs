@@ -56,6 +56,7 @@ impl Dirs {
 pub fn run() -> Result<ExitCode> {
     host::phase(1, PHASES, "checking the host can mount");
     host::require_mount_rights()?;
+    host::enable_fuse_uring();
     host::ensure_tools()?;
 
     host::phase(2, PHASES, "building unionfs (debug)");

@@ -168,6 +168,19 @@ pub fn require_mount_rights() -> Result<()> {
     Ok(())
 }
 
+/// Lets the kernel offer FUSE-over-io_uring to new mounts: the fuse module's `enable_uring`
+/// parameter, off by default. unionfs takes requests that way wherever it is offered.
+pub fn enable_fuse_uring() {
+    let param = Path::new("/sys/module/fuse/parameters/enable_uring");
+    match std::fs::write(param, "Y") {
+        Ok(()) => println!("FUSE-over-io_uring enabled ({})", param.display()),
+        Err(e) => println!(
+            "FUSE-over-io_uring unavailable ({}: {e}); unionfs serves over /dev/fuse only",
+            param.display()
+        ),
+    }
+}
+
 /// The effective uid from the text of `/proc/<pid>/status` (`Uid: real effective saved fs`).
 fn effective_uid(status: &str) -> Option<u32> {
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;

@@ -20,6 +20,7 @@ const PHASES: usize = 4;
 pub fn run(extra: &[OsString]) -> Result<ExitCode> {
     host::phase(1, PHASES, "checking the host can mount");
     host::require_mount_rights()?;
+    host::enable_fuse_uring();
     note_overlayfs();
 
     host::phase(2, PHASES, "installing missing test dependencies");

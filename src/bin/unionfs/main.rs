@@ -58,6 +58,8 @@ Mount options (comma-separated; -o may be repeated; later ones win):
   upperdir=U         writable layer (needs workdir)
   workdir=W          empty directory on the upper's filesystem
   volatile           skip fsync, like overlayfs's volatile
+  noio_uring         take requests over /dev/fuse only, even where the kernel offers
+                     FUSE-over-io_uring (the fuse module's enable_uring); io_uring is the default
   ro                 read-only: the upper layer is not used
   rw, default_permissions, allow_other, suid, dev, exec and their no- forms are accepted.
   uidmapping, gidmapping, squash_to_uid, squash_to_gid, xattr_permissions and context are

@@ -1,0 +1,137 @@
+//! The FUSE-over-io_uring transport: per-CPU queues served by threads pinned to their CPU.
+//!
+//! Over `/dev/fuse` every request wakes a daemon thread on whichever CPU it sleeps on, and
+//! the reply wakes the caller back; on a VM each such cross-CPU wake-up costs tens of
+//! microseconds, which dominates metadata walks. Over io_uring the kernel puts a request on
+//! the queue of the CPU that made it, so the thread serving it (pinned to that CPU) runs
+//! where the caller just went to sleep, and replying and fetching the next request is one
+//! system call.
+//!
+//! Only requests go this way. INIT, FORGET and INTERRUPT stay on `/dev/fuse`, served by
+//! fuser's threads, as does everything the kernel sends before every queue has an entry; the
+//! two paths call the same operations. The kernel offers io_uring only when the `fuse`
+//! module's `enable_uring` parameter is set; otherwise nothing here starts.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+
+use super::core::UnionFs;
+use crate::sys::fuse_ring::RingEntry;
+
+/// Entries (each with its thread) per CPU queue: a second lets one slow request (a large
+/// copy-up) not hold up every other request from its CPU.
+const ENTRIES_PER_QUEUE: usize = 2;
+
+/// The largest request or reply body: what `adapter::init` sets as `max_write`, and at least
+/// the kernel's minimum read buffer.
+pub(super) const MAX_PAYLOAD: u32 = 1 << 20;
+
+/// How long a queue keeps retrying registration while the kernel finishes INIT.
+const REGISTER_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Whether the kernel will offer io_uring to a new connection.
+pub(super) fn enabled() -> bool {
+    std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|v| v.trim() == "Y")
+}
+
+/// The kernel's queue count: one per possible CPU (`/sys/devices/system/cpu/possible`, e.g.
+/// "0-1" or "0,2-3").
+fn possible_cpus() -> usize {
+    let Ok(s) = std::fs::read_to_string("/sys/devices/system/cpu/possible") else {
+        return std::thread::available_parallelism().map_or(1, |n| n.get());
+    };
+    let mut last = 0;
+    for part in s.trim().split(',') {
+        let hi = part
+            .rsplit('-')
+            .next()
+            .and_then(|n| n.parse::<usize>().ok());
+        last = last.max(hi.unwrap_or(0));
+    }
+    last + 1
+}
+
+/// Starts the queue threads for connection `dev`. They register once the kernel has
+/// processed INIT and serve until the connection ends.
+pub(super) fn start(fs: Arc<UnionFs>, dev: Arc<OwnedFd>) -> Vec<JoinHandle<()>> {
+    let mut threads = Vec::new();
+    for cpu in 0..possible_cpus() {
+        for n in 0..ENTRIES_PER_QUEUE {
+            let (fs, dev) = (fs.clone(), dev.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("unionfs-q{cpu}.{n}"))
+                .spawn(move || serve_queue(&fs, dev, cpu));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => tracing::warn!(cpu, error = %e, "cannot start an io_uring queue thread"),
+            }
+        }
+    }
+    threads
+}
+
+fn serve_queue(fs: &UnionFs, dev: Arc<OwnedFd>, cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        // A CPU that is possible but offline refuses; its queue then runs unpinned.
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+    // SCHED_IDLE, so that the CPU looks idle to the scheduler while this thread serves: the
+    // caller woken by the reply then stays on this CPU instead of moving to the other, idle
+    // one, which would send its next request to another queue and cost a cross-CPU wake-up
+    // per request again. That halves `ls -lR` on a two-CPU VM. A normal thread woken on a
+    // CPU running only SCHED_IDLE threads preempts them, and with busy loops on every CPU
+    // the queues were measured to keep up (see ARCHITECTURE.md, "Transports").
+    if let Err(e) = crate::sys::process::sched_idle() {
+        tracing::debug!(cpu, error = %e, "queue thread keeps the normal policy");
+    }
+    let mut entry = match RingEntry::new(dev, cpu as u16, MAX_PAYLOAD as usize) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(cpu, error = %e, "cannot set up an io_uring queue; serving over /dev/fuse");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(MAX_PAYLOAD as usize);
+    loop {
+        match entry.serve_next() {
+            Ok(()) => {
+                let (header, op_in, rest) = entry.request();
+                let unique = u64::from_ne_bytes(header[8..16].try_into().unwrap());
+                let error = super::wire::serve(fs, header, op_in, rest, &mut out);
+                entry.reply(unique, error, &out);
+            }
+            // The kernel has not processed INIT yet.
+            Err(Errno::EAGAIN) if !entry.registered() && started.elapsed() < REGISTER_PATIENCE => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(Errno::EINTR | Errno::EAGAIN) => {}
+            // The connection ended (unmount) or was aborted.
+            Err(Errno::ENOTCONN | Errno::ECONNABORTED | Errno::ECANCELED | Errno::ENODEV) => break,
+            Err(e) => {
+                tracing::error!(cpu, error = %e, registered = entry.registered(), "io_uring queue failed");
+                break;
+            }
+        }
+    }
+}
+
+/// Waits a little for the queue threads to see the end of the connection, which the kernel
+/// signals to each of them once it has torn the queues down.
+pub(super) fn join(threads: Vec<JoinHandle<()>>) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for t in threads {
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        }
+    }
+}
