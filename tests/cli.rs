@@ -1060,3 +1060,44 @@ fn requests_go_over_io_uring_unless_refused() {
         guard.unmount();
     }
 }
+
+/// A debugger attaching to the daemon (strace, gdb) interrupts the io_uring queue threads'
+/// waits; they must wait again rather than give up, or every request of their CPU hangs.
+#[test]
+fn daemon_survives_a_debugger_attaching() {
+    use nix::sys::ptrace;
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    use nix::unistd::Pid;
+    if !common::can_mount("daemon_survives_a_debugger_attaching") {
+        return;
+    }
+    let s = Stack::new(2);
+    populate(&s);
+    let guard = s.mount_unionfs();
+    assert_eq!(
+        std::fs::read_to_string(s.mnt.join("top.txt")).unwrap(),
+        "from the top layer\n"
+    );
+    let daemons = daemons_of(&s.mnt);
+    assert_eq!(daemons.len(), 1, "expected one daemon, found {daemons:?}");
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", daemons[0])).unwrap();
+    for t in tasks.flatten() {
+        let tid = Pid::from_raw(t.file_name().to_str().unwrap().parse().unwrap());
+        ptrace::attach(tid).unwrap();
+        waitpid(tid, Some(WaitPidFlag::__WALL)).unwrap();
+        ptrace::detach(tid, None).unwrap();
+    }
+    let mnt = s.mnt.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..50 {
+            let data = std::fs::read_to_string(mnt.join("base.txt")).unwrap();
+            assert_eq!(data, "from the base layer\n");
+            std::fs::metadata(mnt.join("top.txt")).unwrap();
+        }
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(LIMIT)
+        .expect("requests hang after a debugger attached to the daemon");
+    guard.unmount();
+}

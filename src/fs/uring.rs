@@ -128,7 +128,7 @@ pub(super) fn join(threads: Vec<JoinHandle<()>>) {
     let deadline = Instant::now() + Duration::from_secs(2);
     for t in threads {
         while !t.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
         if t.is_finished() {
             let _ = t.join();

@@ -101,14 +101,18 @@ impl RingEntry {
         // leaked and so valid for the rest of the process; the ring has room for the one
         // command this entry ever has in flight.
         unsafe { self.ring.submission().push(&sqe) }.map_err(|_| Errno::EBUSY)?;
-        loop {
+        // A signal, or a debugger attaching, ends the wait early, with or without EINTR and
+        // before the completion: wait again until it is there.
+        let cqe = loop {
             match self.ring.submit_and_wait(1) {
-                Ok(_) => break,
+                Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => return Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
             }
-        }
-        let cqe = self.ring.completion().next().ok_or(Errno::EIO)?;
+            if let Some(cqe) = self.ring.completion().next() {
+                break cqe;
+            }
+        };
         if cqe.result() < 0 {
             return Err(Errno::from_raw(-cqe.result()));
         }
