@@ -217,7 +217,7 @@ impl Upper {
                     path: tmp.clone(),
                     source,
                 })?;
-                rename_into(&tmp, &idx, RenameFlags::RENAME_NOREPLACE)?;
+                rename_into(&tmp, &idx.clone().into(), RenameFlags::RENAME_NOREPLACE)?;
             }
             let dst = self.path(rel);
             return nix::unistd::linkat(
@@ -294,18 +294,21 @@ impl Upper {
             source,
         })?;
         let dst = self.path(rel);
-        let installed = match layer_index::lstat(&dst) {
-            Err(Errno::ENOENT) => self.install(&tmp, rel),
-            Ok(st) if is_dir(&st) => {
-                rename_into(&tmp, &dst, RenameFlags::RENAME_EXCHANGE).map(|()| {
-                    // The old directory now sits at `tmp`.
-                    let _ = std::fs::remove_dir_all(&tmp);
-                })
-            }
-            _ => std::fs::rename(&tmp, &dst).map_err(|e| Error::Install {
-                path: dst.to_path_buf(),
-                source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-            }),
+        // Mostly the name is only in a lower layer: try that first, and look only if taken.
+        let installed = match rename_into(&tmp, &dst, RenameFlags::RENAME_NOREPLACE) {
+            Err(Error::Install {
+                source: Errno::EEXIST,
+                ..
+            }) => match dst.lstat() {
+                Ok(st) if is_dir(&st) => {
+                    rename_into(&tmp, &dst, RenameFlags::RENAME_EXCHANGE).map(|()| {
+                        // The old directory now sits at `tmp`.
+                        let _ = std::fs::remove_dir_all(&tmp);
+                    })
+                }
+                _ => rename_into(&tmp, &dst, RenameFlags::empty()),
+            },
+            other => other,
         };
         if installed.is_err() {
             let _ = std::fs::remove_file(&tmp);
@@ -370,11 +373,13 @@ pub fn xattr_name(ns: XattrNs, suffix: &str) -> OsString {
 }
 
 /// Renames a staged object to `to`, reporting a failure as an installation error for `to`.
-fn rename_into(from: &Path, to: &Path, flags: RenameFlags) -> Result<()> {
-    nix::fcntl::renameat2(nix::fcntl::AT_FDCWD, from, nix::fcntl::AT_FDCWD, to, flags).map_err(
-        |source| Error::Install {
+/// Renames the staged object `from` (in the work directory) to `to`.
+fn rename_into(from: &Path, to: &LayerPath, flags: RenameFlags) -> Result<()> {
+    let (dir, rel) = to.at();
+    nix::fcntl::renameat2(nix::fcntl::AT_FDCWD, from, dir, rel, flags).map_err(|source| {
+        Error::Install {
             path: to.to_path_buf(),
             source,
-        },
-    )
+        }
+    })
 }

@@ -177,7 +177,7 @@ impl UnionFs {
 
     /// The object at `path` in lower `layer`, with its attributes read now.
     fn lower_obj_at(&self, layer: usize, path: &Path) -> Res<LowerObj> {
-        let st = crate::layer_index::lstat(&self.layers.lowers[layer].join(path))?;
+        let st = self.layers.lowers[layer].join(path).lstat()?;
         Ok(LowerObj {
             layer,
             path: path.to_path_buf(),

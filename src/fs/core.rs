@@ -49,6 +49,14 @@ impl Backing {
         }
     }
 
+    /// The attributes of the object there.
+    pub fn lstat(&self) -> nix::Result<FileStat> {
+        match self {
+            Backing::Upper(p) | Backing::Lower(p) => p.lstat(),
+            Backing::Index(p) => layer_index::lstat(p),
+        }
+    }
+
     pub fn is_lower(&self) -> bool {
         matches!(self, Backing::Lower(_))
     }
@@ -170,7 +178,7 @@ impl UnionFs {
         let Some(up) = &self.upper else {
             return Ok(None);
         };
-        match layer_index::lstat(&up.path(rel)) {
+        match up.path(rel).lstat() {
             Ok(st) if crate::whiteout::is_overlay_whiteout(&st) => Ok(None),
             Ok(st) => Ok(Some(st)),
             Err(Errno::ENOENT | Errno::ENOTDIR) => Ok(None),
@@ -211,7 +219,7 @@ impl UnionFs {
         match self.locate(node)? {
             (b, Some(st)) => Ok((b, st)),
             (b, None) => {
-                let st = layer_index::lstat(b.path())?;
+                let st = b.lstat()?;
                 Ok((b, st))
             }
         }

@@ -17,7 +17,6 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
 use super::core::{errno_of, Res, UnionFs};
-use crate::layer_index;
 use crate::sys::fileattr::{self, FileAttrOp};
 use crate::sys::passthrough::BackingFile;
 use crate::sys::xattr;
@@ -411,7 +410,7 @@ fn fileattr_at(
     if is_dir {
         flags |= OFlag::O_DIRECTORY;
     } else {
-        let st = layer_index::lstat(b.path())?;
+        let st = b.lstat()?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(Errno::ENOTTY);
         }

@@ -17,12 +17,12 @@ use std::path::{Component, Path, PathBuf};
 
 use fuser::FileAttr;
 use nix::errno::Errno;
-use nix::fcntl::{renameat2, AtFlags, RenameFlags, AT_FDCWD};
+use nix::fcntl::{renameat2, AtFlags, RenameFlags};
 use nix::sys::stat::{FchmodatFlags, Mode, SFlag};
 use nix::unistd::{Gid, Uid};
 
 use super::core::{errno_of, Res, UnionFs};
-use crate::layer_index::{self, DirView, Resolved};
+use crate::layer_index::{self, DirView, LayerPath, Resolved};
 use crate::whiteout;
 
 /// Inode numbers handed out by [`UnionFs::keep_ino_unique`]: a tag no layer's device index
@@ -45,8 +45,9 @@ pub enum NewObject<'a> {
     Symlink { target: &'a Path },
 }
 
-fn rename(from: &Path, to: &Path, flags: RenameFlags) -> Res<()> {
-    renameat2(AT_FDCWD, from, AT_FDCWD, to, flags)
+fn rename(from: &LayerPath, to: &LayerPath, flags: RenameFlags) -> Res<()> {
+    let ((d1, r1), (d2, r2)) = (from.at(), to.at());
+    renameat2(d1, r1, d2, r2, flags)
 }
 
 impl UnionFs {
@@ -69,7 +70,7 @@ impl UnionFs {
             return Err(Errno::EEXIST);
         }
         let view = self.upper_dir(pview)?;
-        let dir_st = layer_index::lstat(&up.path(&view.path))?;
+        let dir_st = up.path(&view.path).lstat()?;
         let sgid = dir_st.st_mode & libc::S_ISGID != 0;
         let gid = if sgid { dir_st.st_gid } else { who.gid };
         let rel = view.path.join(name);
@@ -80,7 +81,6 @@ impl UnionFs {
         } else {
             dst.clone()
         };
-        let at: &Path = &at;
         let mut opened = None;
         let is_new_dir = matches!(what, NewObject::Dir { .. });
         let mode = match what {
@@ -96,13 +96,17 @@ impl UnionFs {
                     .custom_flags(
                         flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT),
                     )
-                    .open(at)
+                    .open(&*at)
                     .map_err(errno_of)?;
                 opened = Some(f);
                 mode
             }
             NewObject::Dir { mode } => {
-                nix::unistd::mkdir(at, Mode::from_bits_truncate(mode & 0o777))?;
+                nix::sys::stat::mkdirat(
+                    at.at().0,
+                    at.at().1,
+                    Mode::from_bits_truncate(mode & 0o777),
+                )?;
                 mode | if sgid { libc::S_ISGID } else { 0 }
             }
             NewObject::Node { mode, rdev } => {
@@ -111,19 +115,27 @@ impl UnionFs {
                     // 0/0 is a whiteout; overlayfs refuses to create one too.
                     return Err(Errno::EPERM);
                 }
-                nix::sys::stat::mknod(at, kind, Mode::from_bits_truncate(mode & 0o777), rdev)?;
+                let (dir, rel) = at.at();
+                nix::sys::stat::mknodat(
+                    dir,
+                    rel,
+                    kind,
+                    Mode::from_bits_truncate(mode & 0o777),
+                    rdev,
+                )?;
                 mode
             }
             NewObject::Symlink { target } => {
-                std::os::unix::fs::symlink(target, at).map_err(errno_of)?;
+                nix::unistd::symlinkat(target, at.at().0, at.at().1)?;
                 0o777
             }
         };
         let finish = || -> Res<u64> {
-            let ino = self.keep_ino_unique(at)?;
+            let ino = self.keep_ino_unique(&at)?;
+            let (dir, rel) = at.at();
             nix::unistd::fchownat(
-                AT_FDCWD,
-                at,
+                dir,
+                rel,
                 Some(Uid::from_raw(who.uid)),
                 Some(Gid::from_raw(gid)),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
@@ -132,21 +144,21 @@ impl UnionFs {
             // see `fs::mount`); set-id and sticky bits are set after chown, which clears them.
             if !matches!(what, NewObject::Symlink { .. }) && mode & 0o7000 != 0 {
                 nix::sys::stat::fchmodat(
-                    AT_FDCWD,
-                    at,
+                    dir,
+                    rel,
                     Mode::from_bits_truncate(mode & 0o7777),
                     FchmodatFlags::FollowSymlink,
                 )?;
             }
             if is_new_dir && (r.upper_whiteout || !view.lowers.is_empty()) {
-                whiteout::set_opaque(at, up.ns())?;
+                whiteout::set_opaque(&at, up.ns())?;
             }
             if r.upper_whiteout {
                 if is_new_dir {
-                    rename(at, &dst, RenameFlags::RENAME_EXCHANGE)?;
-                    std::fs::remove_file(at).map_err(errno_of)?;
+                    rename(&at, &dst, RenameFlags::RENAME_EXCHANGE)?;
+                    std::fs::remove_file(&*at).map_err(errno_of)?;
                 } else {
-                    rename(at, &dst, RenameFlags::empty())?;
+                    rename(&at, &dst, RenameFlags::empty())?;
                 }
             }
             Ok(ino)
@@ -155,9 +167,9 @@ impl UnionFs {
             Ok(ino) => ino,
             Err(e) => {
                 let _ = if is_new_dir {
-                    std::fs::remove_dir(at)
+                    std::fs::remove_dir(&*at)
                 } else {
-                    std::fs::remove_file(at)
+                    std::fs::remove_file(&*at)
                 };
                 return Err(e);
             }
@@ -165,7 +177,7 @@ impl UnionFs {
         // The entry is what was just made: an upper object with nothing below it (a new
         // directory where lower ones could show is opaque), so no resolution is needed.
         let r = Resolved {
-            upper: Some(layer_index::lstat(&dst)?),
+            upper: Some(dst.lstat()?),
             upper_whiteout: false,
             lower: None,
             lower_dirs: Vec::new(),
@@ -184,8 +196,8 @@ impl UnionFs {
     /// rmdir would refuse entries (ENOENT). The fresh number is recorded as the object's origin,
     /// so it stays the same across lookups and remounts.
     /// Returns the object's inode number.
-    fn keep_ino_unique(&self, path: &std::path::Path) -> Res<u64> {
-        let st = layer_index::lstat(path)?;
+    fn keep_ino_unique(&self, path: &LayerPath) -> Res<u64> {
+        let st = path.lstat()?;
         let natural = self.layers.inos.map(st.st_dev, st.st_ino);
         if self.table.lock().get(natural).is_none() {
             return Ok(natural);
@@ -228,9 +240,12 @@ impl UnionFs {
         let view = self.upper_dir(pview)?;
         let src = up.path(node.path());
         let dst = up.path(&view.path.join(name));
-        let link = |to: &Path| nix::unistd::linkat(AT_FDCWD, &*src, AT_FDCWD, to, AtFlags::empty());
+        let link = |to: &LayerPath| {
+            let ((d1, r1), (d2, r2)) = (src.at(), to.at());
+            nix::unistd::linkat(d1, r1, d2, r2, AtFlags::empty())
+        };
         if r.upper_whiteout {
-            let tmp = up.temp();
+            let tmp: LayerPath = up.temp().into();
             link(&tmp)?;
             if let Err(e) = rename(&tmp, &dst, RenameFlags::empty()) {
                 let _ = std::fs::remove_file(&tmp);
@@ -283,7 +298,7 @@ impl UnionFs {
             up.whiteout(&rel).map_err(|e| e.errno())?;
         } else {
             // Only markers can be left inside: move it away in one step, then delete.
-            let tmp = up.temp();
+            let tmp: LayerPath = up.temp().into();
             rename(&up.path(&rel), &tmp, RenameFlags::empty())?;
             std::fs::remove_dir_all(&tmp).map_err(errno_of)?;
         }

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use nix::errno::Errno;
-use nix::fcntl::AtFlags;
-use nix::sys::stat::{fstatat, FileStat, SFlag};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fstatat, FileStat, Mode, SFlag};
 
 use crate::whiteout;
 
@@ -153,8 +153,8 @@ pub fn lstat(path: &Path) -> nix::Result<FileStat> {
     fstatat(nix::fcntl::AT_FDCWD, path, AtFlags::AT_SYMLINK_NOFOLLOW)
 }
 
-fn lstat_opt(path: &Path) -> nix::Result<Option<FileStat>> {
-    match lstat(path) {
+fn lstat_opt(path: &LayerPath) -> nix::Result<Option<FileStat>> {
+    match path.lstat() {
         Ok(st) => Ok(Some(st)),
         Err(Errno::ENOENT) => Ok(None),
         Err(e) => Err(e),
@@ -178,7 +178,7 @@ type Names = std::collections::HashSet<OsString>;
 
 /// Looks at `dir/name` in one layer, reading both whiteout formats. `listed`, when given, is
 /// that directory's names as just read.
-fn look(dir: &Path, name: &OsStr, listed: Option<&Names>) -> nix::Result<Seen> {
+fn look(dir: &LayerPath, name: &OsStr, listed: Option<&Names>) -> nix::Result<Seen> {
     if whiteout::is_aufs_marker(name) {
         return Ok(Seen::Nothing);
     }
@@ -192,10 +192,10 @@ fn look(dir: &Path, name: &OsStr, listed: Option<&Names>) -> nix::Result<Seen> {
             });
         }
     }
-    match lstat_opt(&dir.join(name))? {
+    match lstat_opt(&dir.child(name))? {
         Some(st) if whiteout::is_overlay_whiteout(&st) => Ok(Seen::Whiteout),
         Some(st) => Ok(Seen::Object(st)),
-        None => match lstat_opt(&dir.join(whiteout::aufs_whiteout_name(name))) {
+        None => match lstat_opt(&dir.child(&whiteout::aufs_whiteout_name(name))) {
             Ok(Some(_)) => Ok(Seen::Whiteout),
             // No marker can exist for a name too long to carry the `.wh.` prefix.
             Ok(None) | Err(Errno::ENAMETOOLONG) => Ok(Seen::Nothing),
@@ -380,7 +380,7 @@ impl Layers {
                 }
                 Seen::Nothing => {}
                 Seen::Object(st) => {
-                    let path = updir.join(name);
+                    let path = updir.child(name);
                     let dir_obj = is_dir(&st);
                     r.upper = Some(st);
                     if !dir_obj || whiteout::is_opaque_dir(&path) {
@@ -411,10 +411,10 @@ impl Layers {
             }
             let shared = cands[i - 1].1.clone();
             let path = shared.to_path_buf();
-            let full = self.lowers[layer].join(&path);
-            let parent = full.parent().expect("a joined name has a parent");
+            let (parent, name) = split_name(&path);
+            let pdir = self.lowers[layer].join(parent);
             let names = listed.and_then(|l| l.lower(layer, &path));
-            let seen = look(parent, full.file_name().expect("joined name"), names)?;
+            let seen = look(&pdir, name, names)?;
             let st = match seen {
                 Seen::Nothing => continue,
                 Seen::Whiteout => break,
@@ -441,6 +441,7 @@ impl Layers {
                     st,
                 });
             }
+            let full = pdir.child(name);
             if self.lower_opaque(layer, &path, &full) {
                 break;
             }
@@ -551,6 +552,14 @@ impl Layers {
     }
 }
 
+/// The directory and the last component of a relative path (the root itself for an empty one).
+fn split_name(path: &Path) -> (&Path, &OsStr) {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => (parent, name),
+        _ => (Path::new(""), OsStr::new(".")),
+    }
+}
+
 /// A place to look for a name: a lower layer and the path in it.
 type Candidate = (usize, Arc<Path>);
 
@@ -596,16 +605,21 @@ impl Listed {
 }
 
 /// The names in a directory, without `.` and `..`.
-fn read_names(dir: &Path) -> nix::Result<Vec<OsString>> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Vec::new()),
-        Err(e) => return Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
+fn read_names(dir: &LayerPath) -> nix::Result<Vec<OsString>> {
+    let (at, rel) = dir.at();
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut d = match nix::dir::Dir::openat(at, rel, flags, Mode::empty()) {
+        Ok(d) => d,
+        Err(Errno::ENOENT) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
     let mut names = Vec::new();
-    for e in rd {
-        let e = e.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-        names.push(e.file_name());
+    for e in d.iter() {
+        let e = e?;
+        let name = e.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsStr::from_bytes(name).to_os_string());
+        }
     }
     Ok(names)
 }

@@ -10,10 +10,15 @@
 //! [`LayerPath`] keeps open for as long as the name is used.
 //!
 //! Paths within the limit, which is every path of an ordinary tree, cost nothing extra.
+//!
+//! A `/proc/self/fd/N/...` name costs the kernel a walk through procfs on every call (about
+//! 4 µs here, more than the lookup it leads to), so a [`LayerPath`] also keeps its directory
+//! descriptor and the part of the name relative to it: the calls made on every request
+//! ([`LayerPath::lstat`], and the `*at` calls through [`LayerPath::at`]) start from there.
 
 use std::ffi::OsStr;
 use std::ops::Deref;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -62,14 +67,16 @@ impl LayerRoot {
     /// The name of `rel` below the root; the root itself is `…/N/.`, so that the descriptor's
     /// link is followed even by calls that do not follow a final symlink.
     pub fn join(&self, rel: &Path) -> LayerPath {
-        if rel.as_os_str().is_empty() {
-            return LayerPath::plain(self.base.join("."));
-        }
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
         if self.base.as_os_str().len() + 1 + rel.as_os_str().len() <= NAME_MAX_LEN {
-            return LayerPath::plain(self.base.join(rel));
+            return LayerPath::under(&self.fd, &self.base, rel.as_os_str().as_bytes());
         }
         self.join_deep(rel)
-            .unwrap_or_else(|_| LayerPath::plain(self.base.join(rel)))
+            .unwrap_or_else(|_| LayerPath::under(&self.fd, &self.base, rel.as_os_str().as_bytes()))
     }
 
     /// Opens the directories above `rel` in chunks that each fit, and names `rel`'s remaining
@@ -88,10 +95,7 @@ impl LayerRoot {
             let rest = &bytes[start..];
             let base = fd_path(&anchor);
             if base.as_os_str().len() + 1 + rest.len() <= NAME_MAX_LEN {
-                return Ok(LayerPath {
-                    path: base.join(OsStr::from_bytes(rest)),
-                    _anchor: Some(anchor),
-                });
+                return Ok(LayerPath::under(&anchor, &base, rest));
             }
             // The longest run of whole components that fits; a component is at most 255 bytes,
             // so each step makes progress.
@@ -105,10 +109,10 @@ impl LayerRoot {
                 Ok(fd) => anchor = Arc::new(fd),
                 Err(Errno::ENOENT | Errno::ENOTDIR | Errno::EACCES | Errno::ELOOP) => {
                     let next = rest[cut + 1..].split(|&b| b == b'/').next().unwrap_or(b".");
-                    return Ok(LayerPath {
-                        path: dir.join(OsStr::from_bytes(next)),
-                        _anchor: Some(anchor),
-                    });
+                    let mut failing = rest[..cut].to_vec();
+                    failing.push(b'/');
+                    failing.extend_from_slice(next);
+                    return Ok(LayerPath::under(&anchor, &base, &failing));
                 }
                 Err(e) => return Err(e),
             }
@@ -120,16 +124,59 @@ impl LayerRoot {
 /// A name for a system call on an object inside a layer, valid while this value lives.
 #[derive(Debug, Clone)]
 pub struct LayerPath {
+    /// The whole name, `/proc/self/fd/N/<rel>`, for calls that take a path.
     path: PathBuf,
-    /// The directory the name is relative to, when it is not the layer root.
-    _anchor: Option<Arc<OwnedFd>>,
+    /// Where `<rel>` starts in `path`.
+    rel: usize,
+    /// The directory `<rel>` is relative to (`N` above); none for a name that is absolute.
+    anchor: Option<Arc<OwnedFd>>,
 }
 
 impl LayerPath {
-    fn plain(path: PathBuf) -> LayerPath {
+    /// `rel` below the directory `anchor`, whose `/proc/self/fd` name is `base`.
+    fn under(anchor: &Arc<OwnedFd>, base: &Path, rel: &[u8]) -> LayerPath {
+        let mut path = base.as_os_str().as_bytes().to_vec();
+        path.push(b'/');
+        let start = path.len();
+        path.extend_from_slice(rel);
         LayerPath {
-            path,
-            _anchor: None,
+            path: PathBuf::from(OsStr::from_bytes(&path)),
+            rel: start,
+            anchor: Some(Arc::clone(anchor)),
+        }
+    }
+
+    /// The directory to start from and the name relative to it, for `*at` system calls.
+    pub fn at(&self) -> (BorrowedFd<'_>, &Path) {
+        match &self.anchor {
+            Some(fd) => {
+                let rel = &self.path.as_os_str().as_bytes()[self.rel..];
+                (fd.as_fd(), Path::new(OsStr::from_bytes(rel)))
+            }
+            None => (nix::fcntl::AT_FDCWD, &self.path),
+        }
+    }
+
+    /// The attributes of the object named, not following a final symlink.
+    pub fn lstat(&self) -> nix::Result<FileStat> {
+        let (dir, rel) = self.at();
+        fstatat(dir, rel, AtFlags::AT_SYMLINK_NOFOLLOW)
+    }
+
+    /// The name of `name` inside the directory this names.
+    pub fn child(&self, name: &OsStr) -> LayerPath {
+        let mut path = self.path.as_os_str().as_bytes().to_vec();
+        if self.anchor.is_some() && &path[self.rel..] == b"." {
+            // The root is named `…/N/.`: its children are `…/N/name`.
+            path.pop();
+        } else {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name.as_bytes());
+        LayerPath {
+            path: PathBuf::from(OsStr::from_bytes(&path)),
+            rel: self.rel,
+            anchor: self.anchor.clone(),
         }
     }
 }
@@ -137,7 +184,11 @@ impl LayerPath {
 impl From<PathBuf> for LayerPath {
     /// A name that needs no anchor (one outside any layer, in the work directory say).
     fn from(path: PathBuf) -> LayerPath {
-        LayerPath::plain(path)
+        LayerPath {
+            path,
+            rel: 0,
+            anchor: None,
+        }
     }
 }
 
@@ -196,5 +247,32 @@ mod tests {
         let err = std::fs::read(&*root.join(&through_file)).expect_err("not a dir");
         assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR));
         assert!(!d.path().join("d0/nope").exists());
+        // Deep or not, the at-form names the same object as the whole name.
+        assert!(root.join(&leaf).lstat().expect("lstat deep").st_size == 4);
+        assert!(root.join(&through_file).lstat().is_err());
+    }
+
+    #[test]
+    fn children_and_at_forms() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(d.path().join("a")).expect("mkdir");
+        std::fs::write(d.path().join("a/f"), b"12345").expect("write");
+        let root = LayerRoot::open(d.path()).expect("root");
+        let top = root.join(Path::new(""));
+        assert_eq!(top.at().1, Path::new("."));
+        assert!(top.lstat().expect("root").st_mode & libc::S_IFDIR != 0);
+        let a = top.child(OsStr::new("a"));
+        assert_eq!(a.at().1, Path::new("a"));
+        assert_eq!(&*a, &*root.join(Path::new("a")));
+        let f = a.child(OsStr::new("f"));
+        assert_eq!(f.at().1, Path::new("a/f"));
+        assert_eq!(f.lstat().expect("f").st_size, 5);
+        assert_eq!(std::fs::read(&*f).expect("read whole name"), b"12345");
+        let outside = LayerPath::from(d.path().join("a/f"));
+        assert_eq!(outside.lstat().expect("absolute").st_size, 5);
+        assert_eq!(
+            a.child(OsStr::new("missing")).lstat().unwrap_err(),
+            Errno::ENOENT
+        );
     }
 }
