@@ -435,3 +435,30 @@ fn usage_errors_of_run_exit_125() {
     let o = unionfs(&["images", "--bogus"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+#[test]
+fn a_state_dir_that_is_a_file_is_refused_and_kept() {
+    if !common::can_mount("a_state_dir_that_is_a_file_is_refused_and_kept") {
+        return;
+    }
+    let img = Image::new();
+    let file = img.dir.path().join("not-a-dir");
+    std::fs::write(&file, b"keep me").unwrap();
+    let o = Command::new(common::unionfs_bin())
+        .args(["run", "--state-dir"])
+        .arg(&file)
+        .arg("--lower")
+        .arg(img.lower())
+        .args(["--", "/bin/true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&*file.to_string_lossy()) && err.contains("Not a directory"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    img.assert_clean();
+}

@@ -475,7 +475,16 @@ impl LayerGuard {
             source,
         };
         if fresh {
-            std::fs::create_dir_all(dir.parent().expect("joined an id")).map_err(err)?;
+            let parent = dir.parent().expect("joined an id");
+            // create_dir_all reports EEXIST for a state directory that is a file: say what
+            // is wrong with it instead.
+            if parent.exists() && !parent.is_dir() {
+                return Err(Error::LayerDir {
+                    path: parent.to_path_buf(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+                });
+            }
+            std::fs::create_dir_all(parent).map_err(err)?;
             std::fs::create_dir(&dir).map_err(err)?;
         }
         // A fresh layer is removed on failure; kept only once COMMAND ran (see `run`).
