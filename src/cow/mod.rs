@@ -372,8 +372,8 @@ pub fn xattr_name(ns: XattrNs, suffix: &str) -> OsString {
     s
 }
 
-/// Renames a staged object to `to`, reporting a failure as an installation error for `to`.
-/// Renames the staged object `from` (in the work directory) to `to`.
+/// Renames the staged object `from` (in the work directory) to `to`, reporting a failure as
+/// an installation error for `to`.
 fn rename_into(from: &Path, to: &LayerPath, flags: RenameFlags) -> Result<()> {
     let (dir, rel) = to.at();
     nix::fcntl::renameat2(nix::fcntl::AT_FDCWD, from, dir, rel, flags).map_err(|source| {

@@ -102,11 +102,8 @@ impl UnionFs {
                 mode
             }
             NewObject::Dir { mode } => {
-                nix::sys::stat::mkdirat(
-                    at.at().0,
-                    at.at().1,
-                    Mode::from_bits_truncate(mode & 0o777),
-                )?;
+                let (dir, rel) = at.at();
+                nix::sys::stat::mkdirat(dir, rel, Mode::from_bits_truncate(mode & 0o777))?;
                 mode | if sgid { libc::S_ISGID } else { 0 }
             }
             NewObject::Node { mode, rdev } => {
