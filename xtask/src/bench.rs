@@ -9,13 +9,16 @@
 //!
 //! It must never leave a mount or a daemon behind: every mount sits in a guard that unmounts
 //! on drop, and a run first unmounts whatever an interrupted run left under `target/bench/`
-//! (refusing to start if that fails). Everything it writes stays in `target/bench/`.
+//! (refusing to start if that fails). Everything it writes stays in `target/bench/`. The
+//! targets' upper and work directories sit on a new file system of their own (see
+//! [`upperfs`]).
 
 mod check;
 mod launch;
 mod report;
 mod stacks;
 mod targets;
+mod upperfs;
 mod workloads;
 
 use std::ffi::OsString;
@@ -166,6 +169,7 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
     let rows = select(workloads::all(&scale, &stacks), &opts.only)?;
 
     let run_dir = bench_dir.join("run");
+    let _upperfs = upperfs::UpperFs::mount(&bench_dir, &run_dir);
     let mut targets = vec![
         Target::new(Kind::Kernel, PathBuf::from("mount"), &run_dir),
         Target::new(Kind::Unionfs, unionfs, &run_dir),
