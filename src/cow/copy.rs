@@ -2,6 +2,8 @@
 //!
 //! Data is copied with `copy_file_range` (the filesystem may reflink or copy in the kernel),
 //! segment by segment between `SEEK_DATA` and `SEEK_HOLE` so that sparse files stay sparse.
+//! Where the kernel will not copy between the two files (the upper on another file system
+//! type than the lower: EXDEV), the data goes through a buffer instead.
 //! Metadata is applied in the order that keeps it intact: owner before mode (chown clears the
 //! set-id bits), xattrs, and times last (every other change touches them).
 
@@ -58,6 +60,10 @@ pub fn object(src: &Path, dst: &Path, st: &FileStat, empty: bool, sync: bool) ->
 
 /// Copies `size` bytes of data, keeping holes.
 fn copy_data(input: &File, out: &File, size: i64) -> nix::Result<()> {
+    // Once the kernel refuses to copy between these two files (another file system type:
+    // EXDEV, or no support), the rest goes through a buffer.
+    let mut in_kernel = true;
+    let mut buf = Vec::new();
     let mut pos: i64 = 0;
     while pos < size {
         let start = match nix::unistd::lseek(input.as_fd(), pos, Whence::SeekData) {
@@ -69,13 +75,25 @@ fn copy_data(input: &File, out: &File, size: i64) -> nix::Result<()> {
         let (mut off_in, mut off_out) = (start, start);
         while off_in < end {
             let want = (end - off_in).min(1 << 30) as usize;
-            let n = nix::fcntl::copy_file_range(
-                input.as_fd(),
-                Some(&mut off_in),
-                out.as_fd(),
-                Some(&mut off_out),
-                want,
-            )?;
+            let n = if in_kernel {
+                match nix::fcntl::copy_file_range(
+                    input.as_fd(),
+                    Some(&mut off_in),
+                    out.as_fd(),
+                    Some(&mut off_out),
+                    want,
+                ) {
+                    Err(Errno::EXDEV | Errno::EOPNOTSUPP | Errno::EINVAL | Errno::ENOSYS) => {
+                        in_kernel = false;
+                        continue;
+                    }
+                    r => r?,
+                }
+            } else {
+                let n = copy_through(input, out, off_in, &mut buf, want)?;
+                off_in += n as i64;
+                n
+            };
             if n == 0 {
                 break;
             }
@@ -83,6 +101,26 @@ fn copy_data(input: &File, out: &File, size: i64) -> nix::Result<()> {
         pos = end;
     }
     out.set_len(size as u64).map_err(io_errno)
+}
+
+/// Copies up to `want` bytes at offset `at` of `input` to the same offset of `out` through
+/// `buf`; returns how many (0 at the end of `input`).
+fn copy_through(
+    input: &File,
+    out: &File,
+    at: i64,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> nix::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 1 << 20;
+    buf.resize(CHUNK, 0);
+    let len = want.min(CHUNK);
+    let n = input
+        .read_at(&mut buf[..len], at as u64)
+        .map_err(io_errno)?;
+    out.write_all_at(&buf[..n], at as u64).map_err(io_errno)?;
+    Ok(n)
 }
 
 /// Gives `dst` the owner, mode, xattrs and times of `src` (described by `st`), and records
