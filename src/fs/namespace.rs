@@ -123,7 +123,8 @@ impl UnionFs {
                 mode
             }
             NewObject::Symlink { target } => {
-                nix::unistd::symlinkat(target, at.at().0, at.at().1)?;
+                let (dir, rel) = at.at();
+                nix::unistd::symlinkat(target, dir, rel)?;
                 0o777
             }
         };

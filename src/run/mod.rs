@@ -478,7 +478,7 @@ impl LayerGuard {
             let parent = dir.parent().expect("joined an id");
             // create_dir_all reports EEXIST for a state directory that is a file: say what
             // is wrong with it instead.
-            if parent.exists() && !parent.is_dir() {
+            if std::fs::metadata(parent).is_ok_and(|m| !m.is_dir()) {
                 return Err(Error::LayerDir {
                     path: parent.to_path_buf(),
                     source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
