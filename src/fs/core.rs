@@ -37,24 +37,20 @@ pub const TTL: Duration = Duration::from_secs(24 * 3600);
 pub enum Backing {
     Upper(LayerPath),
     /// The index copy of a hard-linked lower file, shared by all its names.
-    Index(PathBuf),
+    Index(LayerPath),
     Lower(LayerPath),
 }
 
 impl Backing {
-    pub fn path(&self) -> &Path {
+    pub fn path(&self) -> &LayerPath {
         match self {
-            Backing::Upper(p) | Backing::Lower(p) => p,
-            Backing::Index(p) => p,
+            Backing::Upper(p) | Backing::Lower(p) | Backing::Index(p) => p,
         }
     }
 
     /// The attributes of the object there.
     pub fn lstat(&self) -> nix::Result<FileStat> {
-        match self {
-            Backing::Upper(p) | Backing::Lower(p) => p.lstat(),
-            Backing::Index(p) => layer_index::lstat(p),
-        }
+        self.path().lstat()
     }
 
     pub fn is_lower(&self) -> bool {
@@ -242,7 +238,7 @@ impl UnionFs {
             if let Some(up) = &self.upper {
                 let idx = up.index_path(node.ino);
                 if let Ok(st) = layer_index::lstat(&idx) {
-                    return Ok((Backing::Index(idx), Some(st)));
+                    return Ok((Backing::Index(idx.into()), Some(st)));
                 }
             }
         }
@@ -403,8 +399,8 @@ impl UnionFs {
         use std::os::unix::ffi::OsStringExt;
         let _ns = self.ns.read();
         let (b, _) = self.locate(&*self.node(ino)?)?;
-        let t = std::fs::read_link(b.path()).map_err(errno_of)?;
-        Ok(t.into_os_string().into_vec())
+        let (dir, rel) = b.path().at();
+        Ok(nix::fcntl::readlinkat(dir, rel)?.into_vec())
     }
 
     /// Takes the merged listing of directory `ino` for a new directory handle.

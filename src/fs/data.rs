@@ -4,19 +4,20 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{FileAttr, TimeOrNow};
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, AT_FDCWD};
+use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{utimensat, FchmodatFlags, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
 use super::core::{errno_of, Res, UnionFs};
+use crate::layer_index::LayerPath;
 use crate::sys::fileattr::{self, FileAttrOp};
 use crate::sys::passthrough::BackingFile;
 use crate::sys::xattr;
@@ -46,6 +47,14 @@ fn timespec(t: Option<TimeOrNow>) -> TimeSpec {
 }
 
 const WRITE_FLAGS: i32 = libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT;
+
+/// Opens the object named by `p` with `flags` (access mode and status flags), through its
+/// directory descriptor, never following a final symlink.
+fn open_at(p: &LayerPath, flags: i32) -> Res<File> {
+    let (dir, rel) = p.at();
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    Ok(File::from(nix::fcntl::openat(dir, rel, flags, Mode::empty())?))
+}
 
 /// How an opened file is to be served.
 pub enum OpenAs {
@@ -139,23 +148,13 @@ impl UnionFs {
             let node = self.node(ino)?;
             self.copy_up(&node, truncate)?;
             let (b, _) = self.locate(&node)?;
-            let f = std::fs::OpenOptions::new()
-                .read(acc != libc::O_WRONLY)
-                .write(acc != libc::O_RDONLY)
-                .truncate(flags & libc::O_TRUNC != 0)
-                .custom_flags(libc::O_NOFOLLOW | (flags & WRITE_FLAGS))
-                .open(b.path())
-                .map_err(errno_of)?;
+            let f = open_at(b.path(), acc | (flags & (libc::O_TRUNC | WRITE_FLAGS)))?;
             (f, false)
         } else {
             let _ns = self.ns.read();
             let node = self.node(ino)?;
             let (b, _) = self.locate(&node)?;
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | (flags & libc::O_DIRECT))
-                .open(b.path())
-                .map_err(errno_of)?;
+            let f = open_at(b.path(), libc::O_RDONLY | (flags & libc::O_DIRECT))?;
             (f, b.is_lower())
         };
         Ok(self.register_open(ino, file, on_lower))
@@ -257,11 +256,12 @@ impl UnionFs {
         self.copy_up(&node, a.size == Some(0))?;
         let (b, st) = self.backing(&node)?;
         let path = b.path();
+        let (dir, rel) = path.at();
         let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
         if a.uid.is_some() || a.gid.is_some() {
             nix::unistd::fchownat(
-                AT_FDCWD,
-                path,
+                dir,
+                rel,
                 a.uid.map(Uid::from_raw),
                 a.gid.map(Gid::from_raw),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
@@ -272,8 +272,8 @@ impl UnionFs {
                 return Err(Errno::EOPNOTSUPP);
             }
             nix::sys::stat::fchmodat(
-                AT_FDCWD,
-                path,
+                dir,
+                rel,
                 Mode::from_bits_truncate(mode & 0o7777),
                 FchmodatFlags::FollowSymlink,
             )?;
@@ -281,13 +281,13 @@ impl UnionFs {
         if let Some(size) = a.size {
             match a.fh.and_then(|fh| self.handles.file(fh)) {
                 Some(h) if !*h.on_lower.read() => h.file().set_len(size).map_err(errno_of)?,
-                _ => nix::unistd::truncate(path, size as i64)?,
+                _ => nix::unistd::truncate(&**path, size as i64)?,
             }
         }
         if a.atime.is_some() || a.mtime.is_some() {
             utimensat(
-                AT_FDCWD,
-                path,
+                dir,
+                rel,
                 &timespec(a.atime),
                 &timespec(a.mtime),
                 UtimensatFlags::NoFollowSymlink,
@@ -416,6 +416,7 @@ fn fileattr_at(
         }
         flags |= OFlag::O_NONBLOCK;
     }
-    let fd = nix::fcntl::open(b.path(), flags, Mode::empty())?;
+    let (dir, rel) = b.path().at();
+    let fd = nix::fcntl::openat(dir, rel, flags, Mode::empty())?;
     fileattr::fileattr(&fd, op, input)
 }

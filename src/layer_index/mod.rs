@@ -291,7 +291,7 @@ impl Layers {
     }
 
     /// Whether the lower directory `rel` of `layer` is opaque.
-    fn lower_opaque(&self, layer: usize, rel: &Path, full: &Path) -> bool {
+    fn lower_opaque(&self, layer: usize, rel: &Path, full: &LayerPath) -> bool {
         match self.indexed(layer, rel) {
             Some(m) if m & index::OPAQUE == 0 => false,
             _ => whiteout::is_opaque_dir(full),
@@ -299,7 +299,7 @@ impl Layers {
     }
 
     /// The redirect recorded on the lower directory `rel` of `layer`, if any.
-    fn lower_redirect(&self, layer: usize, rel: &Path, full: &Path) -> Option<Redirect> {
+    fn lower_redirect(&self, layer: usize, rel: &Path, full: &LayerPath) -> Option<Redirect> {
         match self.indexed(layer, rel) {
             Some(m) if m & index::REDIRECT == 0 => None,
             _ => whiteout::redirect_of(full).and_then(parse_redirect),

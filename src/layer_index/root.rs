@@ -192,6 +192,16 @@ impl From<PathBuf> for LayerPath {
     }
 }
 
+impl crate::sys::xattr::Target for LayerPath {
+    fn at(&self) -> (BorrowedFd<'_>, &Path) {
+        LayerPath::at(self)
+    }
+
+    fn whole(&self) -> &Path {
+        &self.path
+    }
+}
+
 impl Deref for LayerPath {
     type Target = Path;
 
@@ -273,6 +283,41 @@ mod tests {
         assert_eq!(
             a.child(OsStr::new("missing")).lstat().unwrap_err(),
             Errno::ENOENT
+        );
+    }
+
+    #[test]
+    fn xattrs_through_the_at_form() {
+        use crate::sys::xattr;
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(d.path().join("a")).expect("mkdir");
+        let file = d.path().join("a/f");
+        std::fs::write(&file, b"").expect("write");
+        std::os::unix::fs::symlink("f", d.path().join("a/l")).expect("symlink");
+        // Longer than the first buffer `get` tries, so it must grow it.
+        let long = vec![b'v'; 300];
+        xattr::set(&file, OsStr::new("user.long"), &long, 0).expect("set");
+        xattr::set(&file, OsStr::new("user.short"), b"y", 0).expect("set");
+        let root = LayerRoot::open(d.path()).expect("root");
+        let f = root.join(Path::new("a/f"));
+        assert_eq!(xattr::get(&f, OsStr::new("user.long")), Ok(Some(long.clone())));
+        assert_eq!(xattr::get(&f, OsStr::new("user.short")), Ok(Some(b"y".to_vec())));
+        assert_eq!(xattr::get(&f, OsStr::new("user.none")), Ok(None));
+        let mut names = xattr::list(&f).expect("list");
+        names.sort();
+        assert_eq!(names, [OsStr::new("user.long"), OsStr::new("user.short")]);
+        assert_eq!(names, {
+            let mut n = xattr::list(&file).expect("list by path");
+            n.sort();
+            n
+        });
+        // A symlink's own attributes are read, never its target's.
+        let l = root.join(Path::new("a/l"));
+        assert_eq!(xattr::get(&l, OsStr::new("user.short")), Ok(None));
+        assert_eq!(xattr::list(&l).expect("list link"), Vec::<std::ffi::OsString>::new());
+        assert_eq!(
+            xattr::get(&root.join(Path::new("a/missing")), OsStr::new("user.short")),
+            Err(Errno::ENOENT)
         );
     }
 }

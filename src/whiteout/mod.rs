@@ -80,7 +80,7 @@ pub fn aufs_whiteout_name(name: &OsStr) -> OsString {
 }
 
 /// Whether the directory at `dir` is opaque in either format.
-pub fn is_opaque_dir(dir: &Path) -> bool {
+pub fn is_opaque_dir<T: xattr::Target + ?Sized>(dir: &T) -> bool {
     for ns in [XattrNs::Trusted, XattrNs::User] {
         if let Ok(Some(v)) = xattr::get(dir, &ns.name("opaque")) {
             if v == b"y" {
@@ -100,13 +100,15 @@ pub fn is_opaque_root(root: &Path) -> bool {
     is_aufs_opaque(root)
 }
 
-fn is_aufs_opaque(dir: &Path) -> bool {
-    std::fs::symlink_metadata(dir.join(OsStr::from_bytes(AUFS_OPAQUE))).is_ok()
+fn is_aufs_opaque<T: xattr::Target + ?Sized>(dir: &T) -> bool {
+    let (at, rel) = dir.at();
+    let marker = rel.join(OsStr::from_bytes(AUFS_OPAQUE));
+    nix::sys::stat::fstatat(at, &marker, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
 }
 
 /// The redirect recorded on a renamed directory, if any: either a bare name (renamed within
 /// the same parent) or an absolute path from the layer root starting with `/`.
-pub fn redirect_of(dir: &Path) -> Option<Vec<u8>> {
+pub fn redirect_of<T: xattr::Target + ?Sized>(dir: &T) -> Option<Vec<u8>> {
     for ns in [XattrNs::Trusted, XattrNs::User] {
         if let Ok(Some(v)) = xattr::get(dir, &ns.name("redirect")) {
             if !v.is_empty() {
