@@ -801,6 +801,35 @@ fn detached_mount_serves_lower_files_and_umount_removes_it() {
 }
 
 #[test]
+fn a_mount_that_fails_is_reported_and_leaves_nothing_behind() {
+    if !common::can_mount("a_mount_that_fails_is_reported_and_leaves_nothing_behind") {
+        return;
+    }
+    // Passes validation, then fails while the mount is set up: the work directory's index
+    // directory is taken by a file.
+    let s = Stack::new(1);
+    let blocker = s.work.join("unionfs-index");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let out = unionfs(mount_args(
+        &[&s.lowers[0]],
+        Some(&s.upper),
+        Some(&s.work),
+        &s.mnt,
+    ));
+    let guard = MountGuard { mnt: s.mnt.clone() };
+    let err = stderr(&out);
+    assert!(!out.status.success(), "mounted over a broken work directory");
+    assert!(
+        err.contains("cannot prepare the work directory") && err.contains("unionfs-index"),
+        "{err}"
+    );
+    assert!(!is_mountpoint(&s.mnt), "left mounted");
+    assert!(daemons_of(&s.mnt).is_empty(), "a daemon was left running");
+    assert_eq!(std::fs::read(&blocker).unwrap(), b"not a directory");
+    drop(guard);
+}
+
+#[test]
 fn option_form_mounts_read_only() {
     if !common::can_mount("option_form_mounts_read_only") {
         return;

@@ -145,14 +145,18 @@ impl Filesystem for Fuse {
         }
         // The io_uring queues' payload buffers are sized by the largest write.
         let _ = config.set_max_write(uring::MAX_PAYLOAD);
-        if let Some(dev) = dev.filter(|_| self.io_uring && uring::enabled()) {
-            if config
+        // The queues start once the mount is ready (`Mounted::run`); until then requests come
+        // over /dev/fuse.
+        if dev.is_some()
+            && self.io_uring
+            && uring::enabled()
+            && config
                 .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
                 .is_ok()
-            {
-                tracing::info!("serving requests over io_uring");
-                *self.queues.lock() = uring::start(self.0.clone(), dev);
-            }
+        {
+            tracing::info!("serving requests over io_uring");
+            self.uring_accepted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }

@@ -75,7 +75,9 @@ pub struct UnionFs {
     pub(super) dev: std::sync::OnceLock<Arc<std::os::fd::OwnedFd>>,
     /// Whether to ask the kernel for io_uring at init (the mount's `noio_uring` unset).
     pub(super) io_uring: bool,
-    /// The io_uring queue threads, when the kernel agreed at init to send requests that way.
+    /// Whether the kernel agreed at init to send requests over io_uring.
+    pub(super) uring_accepted: std::sync::atomic::AtomicBool,
+    /// The io_uring queue threads, once started.
     pub(super) queues: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -150,6 +152,7 @@ impl UnionFs {
             copyups: Mutex::default(),
             dev: std::sync::OnceLock::new(),
             io_uring: false,
+            uring_accepted: std::sync::atomic::AtomicBool::new(false),
             queues: Mutex::default(),
         })
     }

@@ -53,7 +53,12 @@ const WRITE_FLAGS: i32 = libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O
 fn open_at(p: &LayerPath, flags: i32) -> Res<File> {
     let (dir, rel) = p.at();
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    Ok(File::from(nix::fcntl::openat(dir, rel, flags, Mode::empty())?))
+    Ok(File::from(nix::fcntl::openat(
+        dir,
+        rel,
+        flags,
+        Mode::empty(),
+    )?))
 }
 
 /// How an opened file is to be served.

@@ -89,7 +89,6 @@ fn open_layers(cfg: &MountConfig) -> Result<Layers, Error> {
 /// Builds the filesystem for `cfg` without mounting it.
 pub fn build(cfg: &MountConfig) -> Result<UnionFs, Error> {
     let layers = open_layers(cfg)?;
-    layers.start_indexing(crate::layer_index::index::default_dir());
     let upper = match (&cfg.upper, &cfg.work) {
         (Some(u), Some(w)) => {
             Some(Upper::new(u, w, XattrNs::for_current_user(), cfg.volatile).map_err(Error::Work)?)
@@ -216,6 +215,22 @@ impl Mounted {
     /// Serves requests until the filesystem is unmounted (by [`Unmounter`], `umount` or
     /// `fusermount3 -u`). Returns `Ok` on a clean unmount.
     pub fn run(self) -> Result<(), Error> {
+        // What can wait until the mount is ready, and would otherwise compete for the CPUs
+        // with the caller being told it is: the io_uring queues (requests come over /dev/fuse
+        // meanwhile) and loading the layers' indexes (lookups use plain system calls until a
+        // layer's index is there).
+        if self
+            .fs
+            .uring_accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            if let Some(dev) = self.fs.dev.get() {
+                *self.fs.queues.lock() = uring::start(self.fs.clone(), dev.clone());
+            }
+        }
+        self.fs
+            .layers
+            .start_indexing(crate::layer_index::index::default_dir());
         let served = self.session.run().map_err(Error::Session);
         uring::join(std::mem::take(&mut *self.fs.queues.lock()));
         served

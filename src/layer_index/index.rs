@@ -22,6 +22,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use nix::sys::stat::FileStat;
 use sha2::{Digest, Sha256};
 
 use crate::whiteout;
@@ -156,17 +157,23 @@ impl LayerIndex {
     /// The identity an index of the layer at `root` is saved under.
     pub fn identity(root: &Path) -> std::io::Result<[u8; 32]> {
         let canon = root.canonicalize()?;
-        let md = std::fs::symlink_metadata(&canon)?;
+        let st = super::lstat(&canon)?;
+        Ok(Self::identity_of(&canon, &st))
+    }
+
+    /// [`LayerIndex::identity`] of the root whose canonical path is `canon` and whose
+    /// attributes are `st`.
+    pub fn identity_of(canon: &Path, st: &FileStat) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(FORMAT.to_le_bytes());
         h.update(canon.as_os_str().as_bytes());
-        for v in [md.dev(), md.ino()] {
+        for v in [st.st_dev, st.st_ino] {
             h.update(v.to_le_bytes());
         }
-        for v in [md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec()] {
+        for v in [st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec] {
             h.update(v.to_le_bytes());
         }
-        Ok(h.finalize().into())
+        h.finalize().into()
     }
 
     /// Loads the saved index of identity `id` from `dir`.
@@ -227,10 +234,13 @@ impl LayerIndex {
         std::fs::rename(&tmp, &path).map_err(write)
     }
 
-    /// The index of the layer at `root`: loaded from `dir` when a valid one is saved there,
-    /// else built (and saved, when `dir` is writable).
-    pub fn load_or_build(root: &Path, dir: Option<&Path>) -> Option<LayerIndex> {
-        let id = Self::identity(root).ok();
+    /// The index of the layer at `root` whose identity is `id`: loaded from `dir` when a
+    /// valid one is saved there, else built (and saved, when `dir` is writable).
+    pub fn load_or_build(
+        root: &Path,
+        id: Option<[u8; 32]>,
+        dir: Option<&Path>,
+    ) -> Option<LayerIndex> {
         if let (Some(dir), Some(id)) = (dir, &id) {
             match Self::load(dir, id) {
                 Ok(idx) => return Some(idx),
@@ -327,7 +337,8 @@ mod tests {
                 Err(Error::Checksum { .. })
             ));
         }
-        let rebuilt = LayerIndex::load_or_build(d.path(), Some(cache.path())).expect("rebuild");
+        let rebuilt =
+            LayerIndex::load_or_build(d.path(), Some(id), Some(cache.path())).expect("rebuild");
         assert_eq!(rebuilt.marks, idx.marks);
         assert!(
             LayerIndex::load(cache.path(), &id).is_ok(),
@@ -341,6 +352,21 @@ mod tests {
         let before = LayerIndex::identity(d.path()).expect("identity");
         std::fs::write(d.path().join("new"), "x").expect("change");
         assert_ne!(before, LayerIndex::identity(d.path()).expect("identity"));
+    }
+
+    #[test]
+    fn identity_from_the_held_root_matches_the_path() {
+        // The mount computes identities from the layer root it holds open; an index saved
+        // under the path's identity must be found that way too.
+        let d = layer();
+        let link = tempfile::tempdir().expect("tempdir");
+        let through = link.path().join("layer");
+        std::os::unix::fs::symlink(d.path(), &through).expect("symlink");
+        let held = super::super::LayerRoot::open(d.path()).expect("open");
+        let canon = held.canonical().expect("canonical");
+        let by_fd = LayerIndex::identity_of(&canon, &held.stat().expect("stat"));
+        assert_eq!(by_fd, LayerIndex::identity(d.path()).expect("identity"));
+        assert_eq!(by_fd, LayerIndex::identity(&through).expect("identity"));
     }
 
     #[test]

@@ -254,13 +254,24 @@ impl Layers {
     /// Loads or builds the lower layers' name indexes in a background thread, saving them in
     /// `dir`. Until a layer's index is ready, its lookups use plain system calls.
     pub fn start_indexing(&self, dir: Option<PathBuf>) {
-        let roots: Vec<PathBuf> = self.lowers.iter().map(|l| l.root.clone()).collect();
+        let roots: Vec<(PathBuf, LayerRoot, FileStat)> = self
+            .lowers
+            .iter()
+            .map(|l| (l.root.clone(), l.base.clone(), l.st))
+            .collect();
         let indexes = self.indexes.clone();
         let spawned = std::thread::Builder::new()
             .name("unionfs-index".into())
             .spawn(move || {
-                for (slot, root) in indexes.iter().zip(roots) {
-                    let idx = LayerIndex::load_or_build(&root, dir.as_deref());
+                for (slot, (root, held, st)) in indexes.iter().zip(roots) {
+                    // Named as the held root is named now, with the attributes it had when
+                    // opened: one system call, where resolving `root` again takes one per
+                    // component.
+                    let id = held
+                        .canonical()
+                        .ok()
+                        .map(|c| LayerIndex::identity_of(&c, &st));
+                    let idx = LayerIndex::load_or_build(&root, id, dir.as_deref());
                     if idx.is_none() {
                         tracing::warn!(layer = %root.display(), "layer not indexed: unreadable");
                     }
@@ -275,7 +286,8 @@ impl Layers {
     /// Builds the indexes now, in this thread (for tests and benchmarks).
     pub fn index_now(&self, dir: Option<&Path>) {
         for (slot, l) in self.indexes.iter().zip(&self.lowers) {
-            let _ = slot.set(LayerIndex::load_or_build(&l.root, dir));
+            let id = LayerIndex::identity(&l.root).ok();
+            let _ = slot.set(LayerIndex::load_or_build(&l.root, id, dir));
         }
     }
 

@@ -32,7 +32,7 @@ use nix::sys::stat::{fstat, fstatat, FileStat, Mode};
 const NAME_MAX_LEN: usize = 3072;
 
 /// A layer root addressed through a descriptor held open on it: `/proc/self/fd/N/<rel>`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LayerRoot {
     fd: Arc<OwnedFd>,
     base: PathBuf,
@@ -51,6 +51,11 @@ impl LayerRoot {
             base: fd_path(&fd),
             fd: Arc::new(fd),
         })
+    }
+
+    /// The root's canonical path, as the kernel names the held directory.
+    pub fn canonical(&self) -> std::io::Result<PathBuf> {
+        std::fs::read_link(&self.base)
     }
 
     /// The attributes of the root itself, through its descriptor.
@@ -300,8 +305,14 @@ mod tests {
         xattr::set(&file, OsStr::new("user.short"), b"y", 0).expect("set");
         let root = LayerRoot::open(d.path()).expect("root");
         let f = root.join(Path::new("a/f"));
-        assert_eq!(xattr::get(&f, OsStr::new("user.long")), Ok(Some(long.clone())));
-        assert_eq!(xattr::get(&f, OsStr::new("user.short")), Ok(Some(b"y".to_vec())));
+        assert_eq!(
+            xattr::get(&f, OsStr::new("user.long")),
+            Ok(Some(long.clone()))
+        );
+        assert_eq!(
+            xattr::get(&f, OsStr::new("user.short")),
+            Ok(Some(b"y".to_vec()))
+        );
         assert_eq!(xattr::get(&f, OsStr::new("user.none")), Ok(None));
         let mut names = xattr::list(&f).expect("list");
         names.sort();
@@ -314,7 +325,10 @@ mod tests {
         // A symlink's own attributes are read, never its target's.
         let l = root.join(Path::new("a/l"));
         assert_eq!(xattr::get(&l, OsStr::new("user.short")), Ok(None));
-        assert_eq!(xattr::list(&l).expect("list link"), Vec::<std::ffi::OsString>::new());
+        assert_eq!(
+            xattr::list(&l).expect("list link"),
+            Vec::<std::ffi::OsString>::new()
+        );
         assert_eq!(
             xattr::get(&root.join(Path::new("a/missing")), OsStr::new("user.short")),
             Err(Errno::ENOENT)

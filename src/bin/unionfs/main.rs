@@ -2,12 +2,12 @@
 //! on its own.
 //!
 //! `unionfs mount` turns its flags and `-o` options into a [`MountConfig`], validates it before
-//! anything is mounted, and then either serves in the foreground (`-f`) or detaches: it forks,
-//! the child starts a new session and forks again, and that grandchild (the daemon) releases the
-//! caller's terminal and pipes, mounts, and reports readiness or the error text through a pipe.
-//! The caller therefore exits 0 only once the mount is live, and otherwise prints the reason and
-//! exits non-zero with nothing mounted. `fs::mount` starts no thread, which is what makes forking
-//! before it (and blocking signals for the sigwait thread) sound.
+//! anything is mounted, mounts, and then either serves in the foreground (`-f`) or detaches: it
+//! forks, the child starts a new session and forks again, and that grandchild (the daemon)
+//! releases the caller's terminal and pipes and serves. The caller therefore exits 0 only once
+//! the mount is live, and otherwise prints the reason and exits non-zero with nothing mounted.
+//! `fs::mount` starts no thread (the session's threads start in `Mounted::run`), which is what
+//! makes forking after it (and blocking signals for the sigwait thread) sound.
 //!
 //! Invoked without a subcommand (`unionfs -o lowerdir=A TARGET`, as mount(8) calls helpers) or
 //! under the name `fuse-overlayfs`, it behaves as `unionfs mount`.
@@ -18,7 +18,7 @@ mod store;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,7 +26,6 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
 use nix::mount::MntFlags;
 use nix::sys::signal::{SigSet, Signal};
 use unionfs::config::{self, MountConfig, MountOptions};
@@ -306,46 +305,54 @@ fn watch_signals(signals: SigSet, mut unmounter: Unmounter) {
     }
 }
 
-/// Double-forks the daemon and waits for its report: `+` once mounted, `-` and the error text
-/// otherwise, nothing if it died first.
+/// Mounts, then double-forks the daemon that serves the mount. Everything that can fail is done
+/// here, before the fork, and reported by this process itself: once `mount_fs` returns the
+/// mount is live (the kernel's INIT is answered), and the caller exits 0 as soon as the daemon
+/// exists. Mounting before the fork keeps the daemon's setup off the caller's wait, and spares
+/// a readiness pipe.
 fn detach(cfg: &MountConfig, mnt: &Path, log: File, log_path: &Path) -> Result<()> {
-    let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
-    match process::fork().context("cannot start the daemon")? {
-        Fork::Parent(child) => {
-            drop(wr);
-            // The intermediate process exits at once; reap it.
-            let _ = nix::sys::wait::waitpid(child, None);
-            let mut report = Vec::new();
-            File::from(rd)
-                .read_to_end(&mut report)
-                .context("cannot read the daemon's report")?;
-            match report.split_first() {
-                Some((b'+', _)) => Ok(()),
-                Some((_, msg)) => bail!("{}", String::from_utf8_lossy(msg)),
-                None => bail!(
-                    "the daemon exited before the mount was ready (see {})",
-                    log_path.display()
-                ),
-            }
+    // Blocked before the fork, so that the daemon inherits the mask its signal thread waits on.
+    let signals = process::block_signals(&TERMINATING)?;
+    let mut mounted = mount_fs(cfg, mnt)?;
+    let mut unmounter = mounted.unmounter();
+    let started = match process::fork() {
+        Ok(Fork::Parent(child)) => {
+            // The intermediate process only starts the daemon and exits.
+            let status = nix::sys::wait::waitpid(child, None);
+            Ok(matches!(
+                status,
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 0))
+            ))
         }
-        Fork::Child => {
-            drop(rd);
-            let mut ready = File::from(wr);
+        Ok(Fork::Child) => {
             let step = process::setsid().and_then(|()| process::fork());
             match step {
                 Ok(Fork::Parent(_)) => process::exit_now(0),
                 Ok(Fork::Child) => {}
-                Err(e) => {
-                    let e = anyhow::Error::from(e).context("cannot start the daemon");
-                    let _ = write!(ready, "-{e:#}");
-                    process::exit_now(1);
-                }
+                Err(_) => process::exit_now(1),
             }
-            let code = daemon(cfg, mnt, log, ready);
+            let code = daemon(mnt, mounted, signals, log);
             if code == 0 {
                 remove_if_unused(log_path);
             }
             std::process::exit(code)
+        }
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok(true) => {
+            // The daemon serves the mount now. This process's copy of the session is not
+            // dropped: an unprivileged session unmounts when dropped.
+            std::mem::forget(mounted);
+            Ok(())
+        }
+        Ok(false) => {
+            let _ = unmounter.unmount();
+            bail!("cannot start the daemon")
+        }
+        Err(e) => {
+            let _ = unmounter.unmount();
+            Err(anyhow::Error::from(e).context("cannot start the daemon"))
         }
     }
 }
@@ -364,19 +371,14 @@ fn remove_if_unused(path: &Path) {
     }
 }
 
-/// The detached daemon: releases the caller's streams, mounts, reports, serves.
-fn daemon(cfg: &MountConfig, mnt: &Path, log: File, mut ready: File) -> i32 {
-    let (mounted, signals) = match daemon_setup(cfg, mnt, log) {
-        Ok(m) => m,
-        Err(err) => {
-            tracing::error!(mountpoint = %mnt.display(), "{err:#}");
-            let _ = write!(ready, "-{err:#}");
-            return 1;
-        }
-    };
+/// The detached daemon: releases the caller's streams and serves.
+fn daemon(mnt: &Path, mounted: Mounted, signals: SigSet, log: File) -> i32 {
+    if let Err(err) = process::detach_stdio(&log) {
+        tracing::error!(mountpoint = %mnt.display(), "{err:#}");
+    }
+    // stdout and stderr now hold the log open; the original descriptor is not needed.
+    drop(log);
     tracing::info!(mountpoint = %mnt.display(), pid = std::process::id(), "daemon ready");
-    let _ = ready.write_all(b"+");
-    drop(ready);
     match serve(mounted, signals) {
         Ok(()) => 0,
         Err(err) => {
@@ -384,14 +386,6 @@ fn daemon(cfg: &MountConfig, mnt: &Path, log: File, mut ready: File) -> i32 {
             1
         }
     }
-}
-
-fn daemon_setup(cfg: &MountConfig, mnt: &Path, log: File) -> Result<(Mounted, SigSet)> {
-    process::detach_stdio(&log)?;
-    // stdout and stderr now hold the log open; the original descriptor is not needed.
-    drop(log);
-    let signals = process::block_signals(&TERMINATING)?;
-    Ok((mount_fs(cfg, mnt)?, signals))
 }
 
 /// Installs the tracing subscriber: `RUST_LOG` (default `warn`) to `file` or to stderr (which
