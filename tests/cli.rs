@@ -818,7 +818,10 @@ fn a_mount_that_fails_is_reported_and_leaves_nothing_behind() {
     ));
     let guard = MountGuard { mnt: s.mnt.clone() };
     let err = stderr(&out);
-    assert!(!out.status.success(), "mounted over a broken work directory");
+    assert!(
+        !out.status.success(),
+        "mounted over a broken work directory"
+    );
     assert!(
         err.contains("cannot prepare the work directory") && err.contains("unionfs-index"),
         "{err}"

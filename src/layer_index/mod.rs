@@ -263,6 +263,8 @@ impl Layers {
         let spawned = std::thread::Builder::new()
             .name("unionfs-index".into())
             .spawn(move || {
+                let started = std::time::Instant::now();
+                let layers = roots.len();
                 for (slot, (root, held, st)) in indexes.iter().zip(roots) {
                     // Named as the held root is named now, with the attributes it had when
                     // opened: one system call, where resolving `root` again takes one per
@@ -277,6 +279,7 @@ impl Layers {
                     }
                     let _ = slot.set(idx);
                 }
+                tracing::debug!(layers, elapsed = ?started.elapsed(), "layer indexes ready");
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "layers not indexed: no thread");
