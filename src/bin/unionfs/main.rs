@@ -308,8 +308,8 @@ fn watch_signals(signals: SigSet, mut unmounter: Unmounter) {
 /// Mounts, then double-forks the daemon that serves the mount. Everything that can fail is done
 /// here, before the fork, and reported by this process itself: once `mount_fs` returns the
 /// mount is live (the kernel's INIT is answered), and the caller exits 0 as soon as the daemon
-/// exists. Mounting before the fork keeps the daemon's setup off the caller's wait, and spares
-/// a readiness pipe.
+/// exists and holds none of its streams. Mounting before the fork keeps the daemon's setup off
+/// the caller's wait, and spares a readiness pipe.
 fn detach(cfg: &MountConfig, mnt: &Path, log: File, log_path: &Path) -> Result<()> {
     // Blocked before the fork, so that the daemon inherits the mask its signal thread waits on.
     let signals = process::block_signals(&TERMINATING)?;
@@ -325,13 +325,22 @@ fn detach(cfg: &MountConfig, mnt: &Path, log: File, log_path: &Path) -> Result<(
             ))
         }
         Ok(Fork::Child) => {
-            let step = process::setsid().and_then(|()| process::fork());
+            // The caller's terminal and pipes are let go of first: a caller reading them (a
+            // shell's `$(…)`) sees their end as soon as it has exited itself.
+            let step = process::detach_stdio(&log)
+                .and_then(|()| process::setsid())
+                .and_then(|()| process::fork());
             match step {
                 Ok(Fork::Parent(_)) => process::exit_now(0),
                 Ok(Fork::Child) => {}
-                Err(_) => process::exit_now(1),
+                Err(err) => {
+                    tracing::error!(mountpoint = %mnt.display(), "cannot start the daemon: {err}");
+                    process::exit_now(1)
+                }
             }
-            let code = daemon(mnt, mounted, signals, log);
+            // stdout and stderr now hold the log open; the original descriptor is not needed.
+            drop(log);
+            let code = daemon(mnt, mounted, signals);
             if code == 0 {
                 remove_if_unused(log_path);
             }
@@ -371,13 +380,8 @@ fn remove_if_unused(path: &Path) {
     }
 }
 
-/// The detached daemon: releases the caller's streams and serves.
-fn daemon(mnt: &Path, mounted: Mounted, signals: SigSet, log: File) -> i32 {
-    if let Err(err) = process::detach_stdio(&log) {
-        tracing::error!(mountpoint = %mnt.display(), "{err:#}");
-    }
-    // stdout and stderr now hold the log open; the original descriptor is not needed.
-    drop(log);
+/// The detached daemon: serves until unmounted.
+fn daemon(mnt: &Path, mounted: Mounted, signals: SigSet) -> i32 {
     tracing::info!(mountpoint = %mnt.display(), pid = std::process::id(), "daemon ready");
     match serve(mounted, signals) {
         Ok(()) => 0,
