@@ -47,8 +47,8 @@ impl Target for PathBuf {
     }
 }
 
-/// `getxattrat` and `listxattrat`: numbered alike on every architecture but alpha, which
-/// `libc` does not name yet for x86_64.
+/// `getxattrat` and `listxattrat` (Linux 6.13). System calls this new have one number on every
+/// architecture but alpha; `libc` names them for only a few targets so far.
 const SYS_GETXATTRAT: libc::c_long = 464;
 const SYS_LISTXATTRAT: libc::c_long = 465;
 
