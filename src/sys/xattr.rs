@@ -93,17 +93,17 @@ fn cstr(bytes: &[u8]) -> nix::Result<CString> {
 
 /// One `getxattrat(dir, rel, AT_SYMLINK_NOFOLLOW, name)` into `buf` (`lgetxattr(whole)` where
 /// the kernel lacks it): the value's length.
-fn raw_get<T: Target + ?Sized>(t: &T, name: &CStr, buf: &mut Vec<u8>) -> nix::Result<usize> {
+fn raw_get<T: Target + ?Sized>(t: &T, name: &CStr, buf: &mut [u8]) -> nix::Result<usize> {
     if have_xattrat() {
         let (dir, rel) = t.at();
         let rel = cstr(rel.as_os_str().as_bytes())?;
         let mut args = XattrArgs {
             value: buf.as_mut_ptr() as u64,
-            size: u32::try_from(buf.capacity()).unwrap_or(u32::MAX),
+            size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
             flags: 0,
         };
         // SAFETY: `rel` and `name` are NUL-terminated, `args` is a valid `struct xattr_args`
-        // of the size passed, and its buffer is valid for `args.size <= capacity` bytes.
+        // of the size passed, and its buffer is valid for `args.size <= buf.len()` bytes.
         let r = unsafe {
             libc::syscall(
                 SYS_GETXATTRAT,
@@ -118,14 +118,13 @@ fn raw_get<T: Target + ?Sized>(t: &T, name: &CStr, buf: &mut Vec<u8>) -> nix::Re
         return Errno::result(r).map(|n| n as usize);
     }
     let p = cstr(t.whole().as_os_str().as_bytes())?;
-    // SAFETY: `p` and `name` are NUL-terminated; the kernel writes at most `buf.capacity()`
-    // bytes.
+    // SAFETY: `p` and `name` are NUL-terminated; the kernel writes at most `buf.len()` bytes.
     let r = unsafe {
         libc::lgetxattr(
             p.as_ptr(),
             name.as_ptr(),
             buf.as_mut_ptr().cast(),
-            buf.capacity(),
+            buf.len(),
         )
     };
     Errno::result(r).map(|n| n as usize)
@@ -133,11 +132,11 @@ fn raw_get<T: Target + ?Sized>(t: &T, name: &CStr, buf: &mut Vec<u8>) -> nix::Re
 
 /// One `listxattrat(dir, rel, AT_SYMLINK_NOFOLLOW)` into `buf` (`llistxattr(whole)` where the
 /// kernel lacks it).
-fn raw_list<T: Target + ?Sized>(t: &T, buf: &mut Vec<u8>) -> nix::Result<usize> {
+fn raw_list<T: Target + ?Sized>(t: &T, buf: &mut [u8]) -> nix::Result<usize> {
     if have_xattrat() {
         let (dir, rel) = t.at();
         let rel = cstr(rel.as_os_str().as_bytes())?;
-        // SAFETY: `rel` is NUL-terminated; the kernel writes at most `buf.capacity()` bytes.
+        // SAFETY: `rel` is NUL-terminated; the kernel writes at most `buf.len()` bytes.
         let r = unsafe {
             libc::syscall(
                 SYS_LISTXATTRAT,
@@ -145,32 +144,35 @@ fn raw_list<T: Target + ?Sized>(t: &T, buf: &mut Vec<u8>) -> nix::Result<usize> 
                 rel.as_ptr(),
                 libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
                 buf.as_mut_ptr(),
-                buf.capacity(),
+                buf.len(),
             )
         };
         return Errno::result(r).map(|n| n as usize);
     }
     let p = cstr(t.whole().as_os_str().as_bytes())?;
     // SAFETY: as above.
-    let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.capacity()) };
+    let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     Errno::result(r).map(|n| n as usize)
 }
 
 /// Reads attribute `name` of `t`; `Ok(None)` when it is not set.
 pub fn get<T: Target + ?Sized>(t: &T, name: &OsStr) -> nix::Result<Option<Vec<u8>>> {
     let n = cstr(name.as_bytes())?;
-    // Large enough for the values the daemon reads itself (markers, origins, capabilities) in
-    // one call.
-    let mut buf: Vec<u8> = Vec::with_capacity(64);
+    // First on the stack, large enough for the values the daemon reads itself (markers,
+    // origins, capabilities): the usual answer on the request path, "not set", allocates
+    // nothing.
+    let mut small = [0u8; 64];
+    let mut large = Vec::new();
     loop {
-        match raw_get(t, &n, &mut buf) {
-            Ok(len) => {
-                // SAFETY: the kernel initialised exactly `len` bytes, and `len <= capacity`.
-                unsafe { buf.set_len(len) };
-                return Ok(Some(buf));
-            }
+        let buf: &mut [u8] = if large.is_empty() {
+            &mut small
+        } else {
+            &mut large
+        };
+        match raw_get(t, &n, buf) {
+            Ok(len) => return Ok(Some(buf[..len].to_vec())),
             Err(Errno::ENODATA) => return Ok(None),
-            Err(Errno::ERANGE) => buf.reserve(buf.capacity() * 4),
+            Err(Errno::ERANGE) => large.resize(large.len().max(small.len()) * 4, 0),
             Err(e) => return Err(e),
         }
     }
@@ -203,20 +205,18 @@ pub fn remove(path: &Path, name: &OsStr) -> nix::Result<()> {
 
 /// Lists the attribute names of `t`.
 pub fn list<T: Target + ?Sized>(t: &T) -> nix::Result<Vec<OsString>> {
-    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    let mut buf = vec![0u8; 256];
     loop {
         let len = match raw_list(t, &mut buf) {
             Ok(len) => len,
             Err(Errno::ERANGE) => {
-                buf.reserve(buf.capacity() * 4);
+                buf.resize(buf.len() * 4, 0);
                 continue;
             }
             Err(Errno::ENOTSUP) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        // SAFETY: the kernel initialised exactly `len` bytes, and `len <= capacity`.
-        unsafe { buf.set_len(len) };
-        return Ok(buf
+        return Ok(buf[..len]
             .split(|b| *b == 0)
             .filter(|s| !s.is_empty())
             .map(|s| OsString::from_vec(s.to_vec()))
