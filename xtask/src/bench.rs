@@ -315,18 +315,52 @@ fn measure_all(
             }
             println!();
         }
-        save(with_rss(&out, &rss, rows), rep + 1);
+        save(with_derived(&out, &rss, rows), rep + 1);
     }
-    with_rss(&out, &rss, rows)
+    with_derived(&out, &rss, rows)
 }
 
-/// The measured rows, plus the memory row when a row fills it.
-fn with_rss(out: &[Row], rss: &Row, rows: &[Workload]) -> Vec<Row> {
+/// The measured rows, plus the memory row when a row fills it and the parallel readers'
+/// speedup when both reader rows ran.
+fn with_derived(out: &[Row], rss: &Row, rows: &[Workload]) -> Vec<Row> {
     let mut all = out.to_vec();
     if rows.iter().any(|w| w.rss_row.is_some()) {
         all.push(rss.clone());
     }
+    let readers = |n: usize| {
+        rows.iter()
+            .position(|w| matches!(w.op, workloads::Op::ReadFiles { readers } if readers == n))
+    };
+    if let (Some(one), Some(two)) = (readers(1), readers(2)) {
+        all.push(speedup(&out[one], &out[two]));
+    }
     all
+}
+
+/// Per target and repetition, how many times faster `fast` ran than `slow`: the same work on
+/// two threads against one, measured moments apart.
+fn speedup(slow: &Row, fast: &Row) -> Row {
+    let samples = slow
+        .samples
+        .iter()
+        .zip(&fast.samples)
+        .map(|(s, f)| {
+            s.iter()
+                .zip(f)
+                .map(|(s, f)| match (s, f) {
+                    (Some(s), Some(f)) if *f > 0.0 => Some(s / f),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    Row {
+        id: "readers-speedup".into(),
+        title: "parallel readers: speedup of 2 threads over 1".into(),
+        unit: Unit::Speedup,
+        samples,
+        errors: Vec::new(),
+    }
 }
 
 /// Holds `target/bench/lock` for the run, so that two benchmarks never share mount points.

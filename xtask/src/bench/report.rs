@@ -17,6 +17,8 @@ use crate::host::{Context, Result};
 pub enum Unit {
     Seconds,
     MiB,
+    /// How many times faster one configuration ran than another.
+    Speedup,
 }
 
 impl Unit {
@@ -24,6 +26,7 @@ impl Unit {
         match self {
             Unit::Seconds => "s",
             Unit::MiB => "MiB",
+            Unit::Speedup => "x",
         }
     }
 }
@@ -84,8 +87,8 @@ impl Row {
         summarize(self.samples[target].iter().flatten().copied())
     }
 
-    /// Per-repetition ratios target/reference, where both ran; none for memory rows, which
-    /// the kernel has no daemon for.
+    /// Per-repetition ratios target/reference, where both ran; none for rows that are not
+    /// times (memory, which the kernel has no daemon for; speedups, already ratios).
     pub fn ratios(&self, target: usize) -> Vec<f64> {
         if self.unit != Unit::Seconds {
             return Vec::new();
@@ -101,10 +104,11 @@ impl Row {
     }
 }
 
-/// A value with a readable unit: `1.23 s`, `45.6 ms`, `789 µs`, `12.3 MiB`.
+/// A value with a readable unit: `1.23 s`, `45.6 ms`, `789 µs`, `12.3 MiB`, `1.85×`.
 pub fn human(v: f64, unit: Unit) -> String {
     match unit {
         Unit::MiB => format!("{v:.1} MiB"),
+        Unit::Speedup => format!("{v:.2}×"),
         Unit::Seconds if v >= 1.0 => format!("{v:.2} s"),
         Unit::Seconds if v >= 1e-3 => format!("{:.1} ms", v * 1e3),
         Unit::Seconds => format!("{:.0} µs", v * 1e6),
@@ -114,6 +118,7 @@ pub fn human(v: f64, unit: Unit) -> String {
 fn short(v: f64, unit: Unit) -> String {
     match unit {
         Unit::MiB => format!("{v:.1}"),
+        Unit::Speedup => format!("{v:.2}"),
         Unit::Seconds if v >= 1.0 => format!("{v:.2}s"),
         Unit::Seconds if v >= 1e-3 => format!("{:.1}ms", v * 1e3),
         Unit::Seconds => format!("{:.0}µs", v * 1e6),

@@ -101,7 +101,9 @@ impl Stacks {
 }
 
 /// Names that only the bottom layer of a [`Layered`] stack has.
-const BOTTOM_ONLY_NAMES: usize = 1000;
+pub const BOTTOM_ONLY_NAMES: usize = 1000;
+/// What every bottom-only file holds.
+pub const BOTTOM_ONLY_DATA: &[u8] = b"bottom\n";
 /// Files every layer of a [`Layered`] stack adds to the merged directory.
 const FILES_PER_LAYER: usize = 20;
 
@@ -494,7 +496,7 @@ fn write_layered(root: &Path, n: usize) -> Result<()> {
         if layer == 0 {
             for i in 0..BOTTOM_ONLY_NAMES {
                 let p = dir.join(format!("bottom-{i:05}"));
-                fs::write(&p, "bottom\n").context(|| format!("write {}", p.display()))?;
+                fs::write(&p, BOTTOM_ONLY_DATA).context(|| format!("write {}", p.display()))?;
             }
         }
     }

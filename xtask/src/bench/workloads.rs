@@ -46,6 +46,9 @@ pub enum Op {
     FirstStat,
     /// `n` lstats of a name no layer has.
     MissingStat { n: usize },
+    /// Opens, reads and closes every bottom-only file of a layered stack, the names dealt
+    /// round-robin to `readers` threads that run at once.
+    ReadFiles { readers: usize },
     /// The mount itself, until the mount point is live.
     MountTime,
     /// Mount, launch and unmount, timed as a whole by [`launch::measure`].
@@ -66,6 +69,8 @@ pub enum Prep {
     PrimeLower(&'static str),
     /// Walk every layer of the stack directly, so that only the union's own work is timed.
     PrimeLayers,
+    /// As `PrimeLayers`, and read every file's data too.
+    PrimeLayerData,
 }
 
 /// One row of the report.
@@ -247,6 +252,27 @@ pub fn all(scale: &Scale, stacks: &Stacks) -> Vec<Workload> {
         ));
     }
     let most = *scale.layer_counts.last().expect("layer counts are listed");
+    // Reading through a fresh mount sends every open and read to the daemon: how well it
+    // serves two readers at once, on the stack size of a typical image.
+    let typical = scale
+        .layer_counts
+        .iter()
+        .copied()
+        .find(|&n| n >= 10)
+        .unwrap_or(most);
+    for readers in [1, 2] {
+        rows.push(Workload::new(
+            &format!("readers-{readers}"),
+            format!(
+                "{typical} layers: read {} bottom-only files, fresh mount, {readers} thread{}",
+                stacks::BOTTOM_ONLY_NAMES,
+                if readers == 1 { "" } else { "s" }
+            ),
+            StackRef::Layered(typical),
+            Op::ReadFiles { readers },
+            PrimeLayerData,
+        ));
+    }
     rows.push(Workload::new(
         &format!("mount-{most}"),
         format!("mount time, {most} layers"),
@@ -350,6 +376,11 @@ fn prime(prep: Prep, layers: &[PathBuf]) -> Result<()> {
                 stat_walk(l)?;
             }
         }
+        Prep::PrimeLayerData => {
+            for l in layers {
+                read_walk(l)?;
+            }
+        }
         _ => {}
     }
     Ok(())
@@ -414,8 +445,43 @@ fn run_op(op: Op, mnt: &Path, stacks: &Stacks) -> Result<()> {
             }
             Ok(())
         }
+        Op::ReadFiles { readers } => {
+            let stack = stacks
+                .layered
+                .first()
+                .expect("rows with layered stacks have one");
+            read_files(mnt, &stack.bottom_only, readers)
+        }
         Op::MountTime | Op::Launch(_) => Ok(()),
     }
+}
+
+/// Reads `names` below `mnt` on `readers` threads at once, thread `t` taking every
+/// `readers`-th name from the `t`-th; every file must hold what the bottom layer wrote.
+fn read_files(mnt: &Path, names: &[String], readers: usize) -> Result<()> {
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..readers)
+            .map(|t| {
+                s.spawn(move || -> Result<()> {
+                    for name in names.iter().skip(t).step_by(readers) {
+                        let p = mnt.join(name);
+                        let data = fs::read(&p).context(|| format!("read {}", p.display()))?;
+                        if data != stacks::BOTTOM_ONLY_DATA {
+                            return Err(Error::Unexpected(format!(
+                                "{} holds {} bytes, not the bottom layer's",
+                                p.display(),
+                                data.len()
+                            )));
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .try_for_each(|t| t.join().expect("a reader thread panicked"))
+    })
 }
 
 /// The checks that make a fast but wrong answer an error.
@@ -537,6 +603,17 @@ fn walk(root: &Path, visit: &mut dyn FnMut(&Path, &fs::Metadata)) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// Reads every regular file below `root` front to back.
+fn read_walk(root: &Path) -> Result<()> {
+    let mut files = Vec::new();
+    walk(root, &mut |path, meta| {
+        if meta.is_file() {
+            files.push(path.to_path_buf());
+        }
+    })?;
+    files.iter().try_for_each(|f| read_all(f).map(drop))
 }
 
 /// Reads `path` front to back; returns its size.
