@@ -227,6 +227,16 @@ fn exit_statuses_follow_docker() {
         assert_eq!(code(&o), Some(125), "{bad:?}: {}", stderr(&o));
         assert!(stderr(&o).starts_with("unionfs: invalid"), "{}", stderr(&o));
     }
+    // Init builds the root while the launcher moves it into its cgroup, so it can fail before
+    // the launcher is done; its own message must still be the one reported.
+    let vol = format!("{}:/etc/issue/sub", img.dir.path().display());
+    let o = run(&["--rm", "-v", &vol], &["/bin/true"]);
+    assert_eq!(code(&o), Some(125), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("container setup failed") && stderr(&o).contains("Not a directory"),
+        "{}",
+        stderr(&o)
+    );
     let mut c = Command::new(common::unionfs_bin());
     c.args(["run", "--rm", "--lower"])
         .arg(img.dir.path().join("missing"))

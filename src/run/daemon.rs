@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use nix::mount::MntFlags;
 use nix::sys::signal::Signal;
-use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::config::MountConfig;
@@ -101,11 +100,12 @@ impl Daemon {
             return Ok(());
         };
         let result = unmount(&self.mountpoint);
-        for _ in 0..250 {
-            match nix::sys::wait::waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(20)),
-                _ => return result,
-            }
+        match process::wait_exit(pid, Duration::from_secs(5)) {
+            Ok(true) => return result,
+            Ok(false) => {}
+            // Not our child any more (already reaped): nothing to wait for.
+            Err(nix::errno::Errno::ECHILD | nix::errno::Errno::ESRCH) => return result,
+            Err(e) => tracing::warn!(%pid, error = %e, "cannot wait for the filesystem daemon"),
         }
         tracing::warn!(%pid, "the filesystem daemon did not exit after the unmount; killing it");
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);

@@ -1,8 +1,8 @@
 //! The container's init (pid 1 of its pid namespace) and the start of COMMAND under it.
 //!
-//! Init is a forked copy of the launcher, never an exec'd program: it waits until the launcher
-//! has put it in its cgroup, builds the root ([`rootfs::enter`]), allocates the terminal, forks
-//! COMMAND and then only reaps children and forwards signals, like tini. It exits with
+//! Init is a forked copy of the launcher, never an exec'd program: it builds the root
+//! ([`rootfs::enter`]) and allocates the terminal while the launcher puts it in its cgroup,
+//! waits for that, forks COMMAND and then only reaps children and forwards signals, like tini. It exits with
 //! COMMAND's status (128+N when a signal N killed it), and its exit tears the pid namespace
 //! down, killing whatever COMMAND left behind. Init makes itself non-dumpable so that the
 //! container cannot open `/proc/1/{root,exe,fd}`, which would lead back to the host.
@@ -99,12 +99,6 @@ fn init(
     console: Option<OwnedFd>,
     report: &mut File,
 ) -> Result<i32, Failure> {
-    let mut byte = [0u8; 1];
-    match File::from(go).read(&mut byte) {
-        Ok(1) => {}
-        // The launcher gave up (and reports why itself).
-        _ => process::exit_now(SETUP_FAILED),
-    }
     // Leave the caller's session: a ^C on the caller's terminal reaches COMMAND once, through
     // the launcher, not a second time directly.
     let _ = nix::unistd::setsid();
@@ -117,6 +111,14 @@ fn init(
         Some(sock) => Some(hand_over_terminal(&sock).map_err(|e| setup_err("terminal", e))?),
         None => None,
     };
+    // The root was built while the launcher moved init into its cgroup (a migration can take
+    // a scheduler grace period, ~10 ms); COMMAND must start inside it.
+    let mut byte = [0u8; 1];
+    match File::from(go).read(&mut byte) {
+        Ok(1) => {}
+        // The launcher gave up (and reports why itself).
+        _ => process::exit_now(SETUP_FAILED),
+    }
     let child = match process::fork().map_err(|e| setup_err("cannot start the command", e))? {
         Fork::Child => exec_command(&sys, cmd, slave.as_deref(), report),
         Fork::Parent(pid) => pid,

@@ -274,10 +274,23 @@ fn start_and_wait_blocked(
     let mut init_guard = InitGuard(Some(pid));
     sys.setns(own_pid_ns.as_fd(), CloneFlags::CLONE_NEWPID)
         .map_err(Error::PidNamespace)?;
-    cg.join(sys, pid.as_raw())?;
-    File::from(go_wr)
-        .write_all(b"g")
-        .map_err(|e| Error::Setup(format!("init died before starting: {e}")))?;
+    // Init builds the root meanwhile and may fail doing so; its report then says why.
+    let joined = cg.join(sys, pid.as_raw());
+    let went = match &joined {
+        Ok(()) => File::from(go_wr).write_all(b"g"),
+        Err(_) => Ok(()),
+    };
+    if joined.is_err() || went.is_err() {
+        drop(init_guard);
+        let mut report = Vec::new();
+        let _ = File::from(rep_rd).read_to_end(&mut report);
+        if let Some(report) = parse_report(&report) {
+            return Err(report_error(report));
+        }
+        joined?;
+        let e = went.expect_err("one of the two failed");
+        return Err(Error::Setup(format!("init died before starting: {e}")));
+    }
     let mut terminal = None;
     if let Some(sock) = console_launcher {
         terminal = attach_terminal(&sock, cfg.interactive)?;
@@ -291,9 +304,16 @@ fn start_and_wait_blocked(
     let _ = File::from(rep_rd).read_to_end(&mut report);
     match parse_report(&report) {
         None => Ok(status),
-        Some((init::CANNOT_EXECUTE, msg)) => Err(Error::CannotExecute(msg)),
-        Some((init::NOT_FOUND, msg)) => Err(Error::NotFound(msg)),
-        Some((_, msg)) => Err(Error::Setup(msg)),
+        Some(report) => Err(report_error(report)),
+    }
+}
+
+/// The error for init's report `(code, message)`.
+fn report_error((code, msg): (i32, String)) -> Error {
+    match code {
+        init::CANNOT_EXECUTE => Error::CannotExecute(msg),
+        init::NOT_FOUND => Error::NotFound(msg),
+        _ => Error::Setup(msg),
     }
 }
 

@@ -7,7 +7,8 @@
 //! process, so [`fork`] refuses to run when any other thread exists instead of trusting callers.
 //! Signal masks are set here too: termination signals are blocked before any thread starts, so
 //! that one thread can take them with sigwait(3) and every later thread inherits the mask.
-//! Allocator tuning that must precede threads ([`single_malloc_arena`]) lives here as well.
+//! Allocator tuning that must precede threads ([`single_malloc_arena`]) lives here as well, and
+//! [`wait_exit`], which sleeps until a child exits instead of polling for it.
 
 use std::fs::File;
 use std::io;
@@ -119,6 +120,35 @@ pub fn single_malloc_arena() {
     }
 }
 
+/// Waits up to `timeout` for child `pid` to exit and reaps it; `Ok(false)` if it still runs.
+/// Sleeps on a pidfd (pidfd_open(2), Linux 5.3), which becomes readable when the process
+/// exits, so the caller wakes at the exit rather than at the next tick of a polling loop.
+pub fn wait_exit(pid: Pid, timeout: std::time::Duration) -> nix::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; nix and
+    // libc's wrapper do not cover it.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let fd = Errno::result(fd)?;
+    // SAFETY: on success the syscall returned a descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    loop {
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+            Ok(0) => return Ok(false),
+            Ok(_) => break,
+        }
+    }
+    match waitpid(pid, Some(WaitPidFlag::WNOHANG))? {
+        WaitStatus::StillAlive => Ok(false),
+        _ => Ok(true),
+    }
+}
+
 /// Moves the calling thread to the SCHED_IDLE policy (sched(7)); nix does not wrap
 /// sched_setscheduler.
 pub fn sched_idle() -> nix::Result<()> {
@@ -152,5 +182,29 @@ mod tests {
         assert!(matches!(fork(), Err(Error::Threaded(n)) if n > 1));
         drop(tx);
         t.join().unwrap().unwrap_err();
+    }
+
+    #[test]
+    fn waits_for_a_child_to_exit_and_reaps_it() {
+        use std::time::Duration;
+        let pid = |c: &std::process::Child| Pid::from_raw(c.id() as i32);
+        let mut slow = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        assert!(!wait_exit(pid(&slow), Duration::from_millis(30)).unwrap());
+        // Reaped by `wait_exit`, not by `Child::wait`.
+        #[allow(clippy::zombie_processes)]
+        let quick = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        assert!(wait_exit(pid(&quick), Duration::from_secs(5)).unwrap());
+        // Reaped: the pid is no longer a child to wait for.
+        let again =
+            nix::sys::wait::waitpid(pid(&quick), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        assert_eq!(again, Err(Errno::ECHILD));
+        slow.kill().unwrap();
+        slow.wait().unwrap();
     }
 }
