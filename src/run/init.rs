@@ -119,6 +119,10 @@ fn init(
         // The launcher gave up (and reports why itself).
         _ => process::exit_now(SETUP_FAILED),
     }
+    // A cgroup namespace is rooted at its creator's group: made only now, COMMAND's
+    // /proc/self/cgroup shows `/`.
+    sys.unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| setup_err("cannot create the cgroup namespace", e))?;
     let child = match process::fork().map_err(|e| setup_err("cannot start the command", e))? {
         Fork::Child => exec_command(&sys, cmd, slave.as_deref(), report),
         Fork::Parent(pid) => pid,

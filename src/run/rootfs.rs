@@ -1,8 +1,8 @@
 //! Turns the mounted union into the container's root: new namespaces, the mounts a program
 //! expects (`/proc`, a minimal `/dev`, a read-only `/sys`, bind volumes), then the root switch.
 //!
-//! Runs in the container's init (pid 1 of the new pid namespace) after it has been placed in its
-//! cgroup, and only through [`Syscalls`], so that the order is unit-tested below. The order
+//! Runs in the container's init (pid 1 of the new pid namespace) while the launcher places it in
+//! its cgroups, and only through [`Syscalls`], so that the order is unit-tested below. The order
 //! matters: mount propagation is made slave before any mount, so nothing leaks back to the host
 //! while host unmounts still reach us; every mount target is created and then checked to be
 //! inside the root, so a symlink in the image cannot redirect a mount onto the host; the
@@ -89,12 +89,11 @@ pub enum Switched {
     Chroot,
 }
 
-/// The namespaces init creates itself (the pid namespace was created by the launcher).
+/// The namespaces init creates while building the root (the pid namespace was created by the
+/// launcher; the cgroup namespace is created by init once inside its cgroups, as it is rooted
+/// at the group its creator is in).
 pub fn namespaces(network: Network) -> CloneFlags {
-    let mut f = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWCGROUP;
+    let mut f = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if network == Network::None {
         f |= CloneFlags::CLONE_NEWNET;
     }
