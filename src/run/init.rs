@@ -2,10 +2,11 @@
 //!
 //! Init is a forked copy of the launcher, never an exec'd program: it builds the root
 //! ([`rootfs::enter`]) and allocates the terminal while the launcher puts it in its cgroup,
-//! waits for that, forks COMMAND and then only reaps children and forwards signals, like tini. It exits with
-//! COMMAND's status (128+N when a signal N killed it), and its exit tears the pid namespace
-//! down, killing whatever COMMAND left behind. Init makes itself non-dumpable so that the
-//! container cannot open `/proc/1/{root,exe,fd}`, which would lead back to the host.
+//! waits for that, enters a new cgroup namespace, forks COMMAND and then only reaps children
+//! and forwards signals, like tini. It exits with COMMAND's status (128+N when a signal N
+//! killed it), and its exit tears the pid namespace down, killing whatever COMMAND left
+//! behind. Init makes itself non-dumpable so that the container cannot open
+//! `/proc/1/{root,exe,fd}`, which would lead back to the host.
 //!
 //! Failures are written to the report pipe as `CODE\nmessage` (125 setup, 126 cannot execute,
 //! 127 not found); the pipe is close-on-exec, so an empty report means COMMAND started.
