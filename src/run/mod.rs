@@ -3,10 +3,11 @@
 //! The launcher ([`run`]) owns the container's lifetime and everything that must be undone:
 //! 1. checks its input ([`spec`]), prepares the read/write layer directory (`upper/`, `work/`,
 //!    `merged/`) and starts the FUSE daemon that mounts the union on `merged/` in the host's
-//!    mount namespace ([`daemon`]);
+//!    mount namespace (`daemon`);
 //! 2. creates the cgroup ([`cgroup`]), enters a new pid namespace for its next child and forks
-//!    init, places it in the cgroup and lets it go; init builds the root ([`rootfs`]) in its
-//!    own mount, uts, ipc, net and cgroup namespaces and starts COMMAND ([`init`]);
+//!    init, which builds the root ([`rootfs`]) in its own mount, uts, ipc and net namespaces
+//!    while the launcher places it in the cgroup; once let go, init enters a new cgroup
+//!    namespace and starts COMMAND ([`init`]);
 //! 3. forwards signals to init, relays the terminal ([`tty`]), waits for init;
 //! 4. tears down in reverse through guards, so that every path (COMMAND's exit, a signal, an
 //!    error) removes the cgroup, unmounts the union, stops the daemon, and with `--rm` removes
