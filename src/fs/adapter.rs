@@ -120,8 +120,8 @@ impl Filesystem for Fuse {
         // the mount itself may still be a layer of overlayfs.
         // Passthrough registrations are made on the connection's descriptor, which only a
         // mount made by this process (as root) has.
-        let dev = self.dev.get().cloned();
-        if dev.is_some()
+        let have_dev = self.dev.get().is_some();
+        if have_dev
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
@@ -147,14 +147,14 @@ impl Filesystem for Fuse {
         let _ = config.set_max_write(uring::MAX_PAYLOAD);
         // The queues start once the mount is ready (`Mounted::run`); until then requests come
         // over /dev/fuse.
-        if dev.is_some()
+        if have_dev
             && self.io_uring
             && uring::enabled()
             && config
                 .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
                 .is_ok()
         {
-            tracing::info!("serving requests over io_uring");
+            tracing::info!("io_uring accepted; its queues start once the mount is ready");
             self.uring_accepted
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }

@@ -276,21 +276,19 @@ fn start_and_wait_blocked(
     sys.setns(own_pid_ns.as_fd(), CloneFlags::CLONE_NEWPID)
         .map_err(Error::PidNamespace)?;
     // Init builds the root meanwhile and may fail doing so; its report then says why.
-    let joined = cg.join(sys, pid.as_raw());
-    let went = match &joined {
-        Ok(()) => File::from(go_wr).write_all(b"g"),
-        Err(_) => Ok(()),
-    };
-    if joined.is_err() || went.is_err() {
+    let started = cg
+        .join(sys, pid.as_raw())
+        .map_err(Error::from)
+        .and_then(|()| {
+            File::from(go_wr)
+                .write_all(b"g")
+                .map_err(|e| Error::Setup(format!("init died before starting: {e}")))
+        });
+    if let Err(e) = started {
         drop(init_guard);
         let mut report = Vec::new();
         let _ = File::from(rep_rd).read_to_end(&mut report);
-        if let Some(report) = parse_report(&report) {
-            return Err(report_error(report));
-        }
-        joined?;
-        let e = went.expect_err("one of the two failed");
-        return Err(Error::Setup(format!("init died before starting: {e}")));
+        return Err(parse_report(&report).map_or(e, report_error));
     }
     let mut terminal = None;
     if let Some(sock) = console_launcher {
