@@ -164,8 +164,7 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome, Error> {
         no_io_uring: false,
     };
     let merged = layer.dir.join("merged");
-    mount_cfg.validate(&merged).map_err(Error::Layers)?;
-    let (mount_cfg, merged) = mount_cfg.canonicalize(&merged).map_err(Error::Layers)?;
+    let (mount_cfg, merged) = mount_cfg.validate(&merged).map_err(Error::Layers)?;
     for v in &cfg.volumes {
         if !v.host.exists() {
             return Err(Error::Spec(SpecError::Volume(v.host.clone())));

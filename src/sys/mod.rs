@@ -11,5 +11,6 @@ pub mod fuse_ring;
 pub mod ns;
 pub mod passthrough;
 pub mod process;
+pub mod stat;
 pub mod tty;
 pub mod xattr;

@@ -75,8 +75,8 @@ pub fn setsid() -> Result<(), Error> {
     nix::unistd::setsid().map(drop).map_err(Error::Setsid)
 }
 
-/// Ends this process at once, without running exit handlers or flushing stdio buffers: for the
-/// intermediate process of a double fork, whose buffers are copies of its parent's.
+/// Ends this process at once, without running exit handlers or flushing stdio buffers: for a
+/// forked child, whose buffers are copies of its parent's.
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit(2) only ends the process; it touches no memory of ours.
     unsafe { libc::_exit(code) }

@@ -3,9 +3,9 @@
 //!
 //! `unionfs mount` turns its flags and `-o` options into a [`MountConfig`], validates it before
 //! anything is mounted, mounts, and then either serves in the foreground (`-f`) or detaches: it
-//! forks, the child starts a new session and forks again, and that grandchild (the daemon)
-//! releases the caller's terminal and pipes and serves. The caller therefore exits 0 only once
-//! the mount is live, and otherwise prints the reason and exits non-zero with nothing mounted.
+//! forks, and the child (the daemon) releases the caller's terminal and pipes, starts a new
+//! session and serves. The caller therefore exits 0 only once the mount is live, and otherwise
+//! prints the reason and exits non-zero with nothing mounted.
 //! `fs::mount` starts no thread (the session's threads start in `Mounted::run`), which is what
 //! makes forking after it (and blocking signals for the sigwait thread) sound.
 //!
@@ -305,38 +305,34 @@ fn watch_signals(signals: SigSet, mut unmounter: Unmounter) {
     }
 }
 
-/// Mounts, then double-forks the daemon that serves the mount. Everything that can fail is done
-/// here, before the fork, and reported by this process itself: once `mount_fs` returns the
-/// mount is live (the kernel's INIT is answered), and the caller exits 0 as soon as the daemon
-/// exists and holds none of its streams. Mounting before the fork keeps the daemon's setup off
-/// the caller's wait, and spares a readiness pipe.
+/// Mounts, then forks the daemon that serves the mount. Everything that can fail is done here,
+/// before the fork, and reported by this process itself: once `mount_fs` returns the mount is
+/// live, and once the fork has returned the daemon exists, so the caller exits 0 at once.
+/// Mounting before the fork keeps the daemon's setup off the caller's wait, and spares a
+/// readiness pipe.
+///
+/// One fork, as libfuse's `fuse_daemonize` does: the daemon leads a new session of its own. A
+/// session leader would take a terminal it opens as its controlling one, but the daemon opens
+/// none (device nodes in the tree are opened by the kernel, never through the daemon). A second
+/// fork, whose only use would be to rule that out, costs the caller a fork and a wait.
 fn detach(cfg: &MountConfig, mnt: &Path, log: File, log_path: &Path) -> Result<()> {
     // Blocked before the fork, so that the daemon inherits the mask its signal thread waits on.
     let signals = process::block_signals(&TERMINATING)?;
     let mut mounted = mount_fs(cfg, mnt)?;
-    let mut unmounter = mounted.unmounter();
-    let started = match process::fork() {
-        Ok(Fork::Parent(child)) => {
-            // The intermediate process only starts the daemon and exits.
-            let status = nix::sys::wait::waitpid(child, None);
-            Ok(matches!(
-                status,
-                Ok(nix::sys::wait::WaitStatus::Exited(_, 0))
-            ))
+    match process::fork() {
+        Ok(Fork::Parent(_)) => {
+            // The daemon serves the mount now. This process's copy of the session is not
+            // dropped: an unprivileged session unmounts when dropped.
+            std::mem::forget(mounted);
+            Ok(())
         }
         Ok(Fork::Child) => {
             // The caller's terminal and pipes are let go of first: a caller reading them (a
             // shell's `$(…)`) sees their end as soon as it has exited itself.
-            let step = process::detach_stdio(&log)
-                .and_then(|()| process::setsid())
-                .and_then(|()| process::fork());
-            match step {
-                Ok(Fork::Parent(_)) => process::exit_now(0),
-                Ok(Fork::Child) => {}
-                Err(err) => {
-                    tracing::error!(mountpoint = %mnt.display(), "cannot start the daemon: {err}");
-                    process::exit_now(1)
-                }
+            if let Err(err) = process::detach_stdio(&log).and_then(|()| process::setsid()) {
+                tracing::error!(mountpoint = %mnt.display(), "cannot start the daemon: {err}");
+                let _ = mounted.unmounter().unmount();
+                process::exit_now(1)
             }
             // stdout and stderr now hold the log open; the original descriptor is not needed.
             drop(log);
@@ -346,21 +342,8 @@ fn detach(cfg: &MountConfig, mnt: &Path, log: File, log_path: &Path) -> Result<(
             }
             std::process::exit(code)
         }
-        Err(e) => Err(e),
-    };
-    match started {
-        Ok(true) => {
-            // The daemon serves the mount now. This process's copy of the session is not
-            // dropped: an unprivileged session unmounts when dropped.
-            std::mem::forget(mounted);
-            Ok(())
-        }
-        Ok(false) => {
-            let _ = unmounter.unmount();
-            bail!("cannot start the daemon")
-        }
         Err(e) => {
-            let _ = unmounter.unmount();
+            let _ = mounted.unmounter().unmount();
             Err(anyhow::Error::from(e).context("cannot start the daemon"))
         }
     }
