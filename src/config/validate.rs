@@ -555,7 +555,11 @@ mod tests {
             PathBuf::from(text.replacen('/', "//", 2)),
             root.join("./l0"),
         ] {
-            assert_eq!(canonical_dir(Role::Upper, &spelled).unwrap(), l0, "{spelled:?}");
+            assert_eq!(
+                canonical_dir(Role::Upper, &spelled).unwrap(),
+                l0,
+                "{spelled:?}"
+            );
         }
     }
 

@@ -54,6 +54,9 @@ pub struct Mounted {
     session: fuser::Session<adapter::Fuse>,
     unmount: UnmountBy,
     fs: std::sync::Arc<UnionFs>,
+    /// Keeps the descriptor table at its reserved size until [`Mounted::run`], across the
+    /// fork that detaches the daemon.
+    fd_reserve: Option<std::os::fd::OwnedFd>,
 }
 
 #[derive(Clone)]
@@ -103,9 +106,16 @@ pub fn build(cfg: &MountConfig) -> Result<UnionFs, Error> {
     Ok(fs)
 }
 
+/// How many descriptors the daemon's table holds from the start (see
+/// [`crate::sys::process::reserve_fds`]): the usual soft RLIMIT_NOFILE, so that the table does
+/// not grow while requests are served.
+const FDS_RESERVED: u64 = 1024;
+
 /// Mounts the union described by `cfg` on `mountpoint`. Returns once the mount is live.
 pub fn mount(cfg: &MountConfig, mountpoint: &Path) -> Result<Mounted, Error> {
     crate::sys::process::single_malloc_arena();
+    // The daemon holds a descriptor per layer, and one per open file served by passthrough.
+    let fd_reserve = crate::sys::process::reserve_fds(FDS_RESERVED);
     let fs = std::sync::Arc::new(build(cfg)?);
     let notifier_slot = fs.notifier.clone();
     // Objects are created with exactly the mode the caller asked for (the kernel has applied
@@ -148,6 +158,7 @@ pub fn mount(cfg: &MountConfig, mountpoint: &Path) -> Result<Mounted, Error> {
             session,
             unmount,
             fs,
+            fd_reserve,
         });
     }
     let mut options = vec![
@@ -169,6 +180,7 @@ pub fn mount(cfg: &MountConfig, mountpoint: &Path) -> Result<Mounted, Error> {
         session,
         unmount,
         fs,
+        fd_reserve,
     })
 }
 
@@ -214,7 +226,8 @@ impl Mounted {
 
     /// Serves requests until the filesystem is unmounted (by [`Unmounter`], `umount` or
     /// `fusermount3 -u`). Returns `Ok` on a clean unmount.
-    pub fn run(self) -> Result<(), Error> {
+    pub fn run(mut self) -> Result<(), Error> {
+        drop(self.fd_reserve.take());
         // What can wait until the mount is ready, and would otherwise compete for the CPUs
         // with the caller being told it is: the io_uring queues (requests come over /dev/fuse
         // meanwhile) and loading the layers' indexes (lookups use plain system calls until a

@@ -10,13 +10,14 @@
 
 pub mod index;
 mod ino;
+mod loader;
 mod root;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
@@ -26,6 +27,7 @@ use crate::whiteout;
 
 use index::LayerIndex;
 pub use ino::{origin_of, set_origin, InoMapper, ORIGIN_XATTR_SUFFIX};
+use loader::Indexes;
 pub use root::{LayerPath, LayerRoot};
 
 /// One layer directory.
@@ -145,8 +147,8 @@ pub struct Layers {
     pub upper: Option<Layer>,
     pub lowers: Vec<Layer>,
     pub inos: InoMapper,
-    /// Each lower layer's name index, once built or loaded (see [`index`]).
-    indexes: Arc<Vec<OnceLock<Option<LayerIndex>>>>,
+    /// Each lower layer's name index, once built or loaded (see [`index`] and [`loader`]).
+    indexes: Arc<Indexes>,
 }
 
 pub fn lstat(path: &Path) -> nix::Result<FileStat> {
@@ -242,7 +244,7 @@ impl Layers {
             .collect::<Result<Vec<_>, _>>()?;
         let devs = upper.iter().chain(lowers.iter()).map(|l| l.dev);
         let inos = InoMapper::new(devs);
-        let indexes = Arc::new(lowers.iter().map(|_| OnceLock::new()).collect());
+        let indexes = Arc::new(Indexes::new(lowers.len()));
         Ok(Layers {
             upper,
             lowers,
@@ -252,45 +254,23 @@ impl Layers {
     }
 
     /// Loads or builds the lower layers' name indexes in a background thread, saving them in
-    /// `dir`. Until a layer's index is ready, its lookups use plain system calls.
+    /// `dir` (see [`loader`]). Until a layer's index is ready, its lookups use plain system
+    /// calls.
     pub fn start_indexing(&self, dir: Option<PathBuf>) {
-        let roots: Vec<(PathBuf, LayerRoot, FileStat)> = self
+        let layers = self
             .lowers
             .iter()
             .map(|l| (l.root.clone(), l.base.clone(), l.st))
             .collect();
-        let indexes = self.indexes.clone();
-        let spawned = std::thread::Builder::new()
-            .name("unionfs-index".into())
-            .spawn(move || {
-                let started = std::time::Instant::now();
-                let layers = roots.len();
-                for (slot, (root, held, st)) in indexes.iter().zip(roots) {
-                    // Named as the held root is named now, with the attributes it had when
-                    // opened: one system call, where resolving `root` again takes one per
-                    // component.
-                    let id = held
-                        .canonical()
-                        .ok()
-                        .map(|c| LayerIndex::identity_of(&c, &st));
-                    let idx = LayerIndex::load_or_build(&root, id, dir.as_deref());
-                    if idx.is_none() {
-                        tracing::warn!(layer = %root.display(), "layer not indexed: unreadable");
-                    }
-                    let _ = slot.set(idx);
-                }
-                tracing::debug!(layers, elapsed = ?started.elapsed(), "layer indexes ready");
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "layers not indexed: no thread");
-        }
+        self.indexes.start(layers, dir);
     }
 
     /// Builds the indexes now, in this thread (for tests and benchmarks).
     pub fn index_now(&self, dir: Option<&Path>) {
-        for (slot, l) in self.indexes.iter().zip(&self.lowers) {
+        for (i, l) in self.lowers.iter().enumerate() {
             let id = LayerIndex::identity(&l.root).ok();
-            let _ = slot.set(LayerIndex::load_or_build(&l.root, id, dir));
+            self.indexes
+                .set(i, LayerIndex::load_or_build(&l.root, id, dir));
         }
     }
 
@@ -301,8 +281,7 @@ impl Layers {
 
     /// [`Layers::indexed`] by the path's key, for callers asking many layers about one path.
     fn indexed_key(&self, layer: usize, key: u64) -> Option<u8> {
-        let idx = self.indexes.get(layer)?.get()?.as_ref()?;
-        Some(idx.marks_of(key))
+        Some(self.indexes.get(layer)?.marks_of(key))
     }
 
     /// Whether the lower directory `rel` of `layer` is opaque.

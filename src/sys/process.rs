@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
@@ -120,6 +120,31 @@ pub fn single_malloc_arena() {
     }
 }
 
+/// Grows this process's descriptor table now to hold `count` descriptors (at most
+/// RLIMIT_NOFILE), by placing a descriptor at the last slot, which is returned. Call before any
+/// thread starts. The kernel grows the table by doubling when a descriptor is allocated past
+/// its end, never shrinks it, and in a process with several threads each growth first waits
+/// for an RCU grace period, during which every other thread that opens a file waits as well:
+/// about 10 ms here, in the middle of serving requests. A fork sizes the child's table to the
+/// highest descriptor open, so the returned one is to be held across a fork and then dropped.
+pub fn reserve_fds(count: u64) -> Option<OwnedFd> {
+    use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+    use nix::sys::resource::{getrlimit, Resource};
+    use std::os::fd::FromRawFd;
+    let limit = getrlimit(Resource::RLIMIT_NOFILE).map_or(count, |(soft, _)| soft);
+    let last = i32::try_from(count.min(limit).saturating_sub(1)).ok()?;
+    // Only tuning: a table that cannot grow now grows later, as it would have anyway.
+    let root = open(
+        "/",
+        OFlag::O_PATH | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let dup = fcntl(&root, FcntlArg::F_DUPFD_CLOEXEC(last)).ok()?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
 /// Waits up to `timeout` for child `pid` to exit and reaps it; `Ok(false)` if it still runs.
 /// Sleeps on a pidfd (pidfd_open(2), Linux 5.3), which becomes readable when the process
 /// exits, so the caller wakes at the exit rather than at the next tick of a polling loop.
@@ -182,6 +207,23 @@ mod tests {
         assert!(matches!(fork(), Err(Error::Threaded(n)) if n > 1));
         drop(tx);
         t.join().unwrap().unwrap_err();
+    }
+
+    #[test]
+    fn reserving_descriptors_grows_the_table() {
+        use std::os::fd::AsRawFd;
+        let fd_size = || {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let line = status.lines().find(|l| l.starts_with("FDSize:")).unwrap();
+            line["FDSize:".len()..].trim().parse::<u64>().unwrap()
+        };
+        let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .unwrap()
+            .0;
+        let want = (1u64 << 14).min(limit);
+        let held = reserve_fds(want).expect("reserved");
+        assert_eq!(held.as_raw_fd() as u64, want - 1);
+        assert!(fd_size() >= want, "table of {} slots", fd_size());
     }
 
     #[test]
