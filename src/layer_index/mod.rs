@@ -262,7 +262,7 @@ impl Layers {
             .iter()
             .map(|l| (l.root.clone(), l.base.clone(), l.st))
             .collect();
-        self.indexes.start(layers, dir);
+        self.indexes.start(layers, dir, loader::WAIT_FOR_SAVED);
     }
 
     /// Builds the indexes now, in this thread (for tests and benchmarks).
