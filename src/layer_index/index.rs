@@ -14,8 +14,8 @@
 //! Indexes are saved with bincode under a sha256 of the layer's identity (format version,
 //! path, and the root directory's device, inode and times), loaded when the identity matches,
 //! and rebuilt when the file is missing, stale or corrupt. A saved index ends with a sha256 of
-//! everything before it, so corruption that still decodes is caught too. Building runs in the background
-//! after mount; until a layer's index is ready its lookups use plain system calls.
+//! everything before it, so corruption that still decodes is caught too. Loading and building
+//! run in the background after mount (see `loader.rs`).
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;

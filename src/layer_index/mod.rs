@@ -254,8 +254,8 @@ impl Layers {
     }
 
     /// Loads or builds the lower layers' name indexes in a background thread, saving them in
-    /// `dir` (see [`loader`]). Until a layer's index is ready, its lookups use plain system
-    /// calls.
+    /// `dir` (see `loader.rs`). Lookups wait briefly for the saved ones, and use plain system
+    /// calls for a layer whose index is not ready.
     pub fn start_indexing(&self, dir: Option<PathBuf>) {
         let layers = self
             .lowers
