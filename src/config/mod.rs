@@ -26,7 +26,7 @@ mod validate;
 pub use logpath::{default_log_dir, log_file_name};
 pub use mountinfo::{find_mount, MountEntry};
 pub use options::{parse_lowerdir, MountOptions, OptionError};
-pub use validate::{ConfigError, Host, RealHost, Role};
+pub use validate::{ConfigError, Host, RealHost, Role, Validated};
 
 /// A fully described union mount.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

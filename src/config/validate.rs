@@ -6,9 +6,11 @@
 //! table. Each failing check has its own [`ConfigError`] variant naming the [`Role`] and path.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::mountinfo::find_mount;
 use super::MountConfig;
@@ -122,14 +124,26 @@ impl Host for RealHost {
     }
 }
 
+/// A configuration that [`MountConfig::validate`] found mountable: every path canonical (see
+/// [`MountConfig::canonicalize`]), and the layer roots it opened on the way, so that mounting
+/// neither resolves a path a second time nor finds another directory there than was checked.
+#[derive(Debug)]
+pub struct Validated {
+    pub config: MountConfig,
+    pub mountpoint: PathBuf,
+    /// The directories of `config.lowers`, in the same order, each open (`O_PATH`) since it was
+    /// checked; `None` for one that was resolved without opening it.
+    pub lower_dirs: Vec<Option<Arc<OwnedFd>>>,
+    /// The same for `config.upper`.
+    pub upper_dir: Option<Arc<OwnedFd>>,
+}
+
 impl MountConfig {
     /// Checks, before anything is mounted, that this configuration can be mounted on
     /// `mountpoint`: every path exists and is a directory, upper and work share a filesystem and
     /// do not contain each other, no layer is listed twice or lies inside another (nor the
     /// mountpoint inside a layer or the reverse), the mountpoint is free and `/dev/fuse` exists.
-    /// Returns the configuration and mountpoint canonicalised (see [`MountConfig::canonicalize`]),
-    /// so that a caller does not resolve every path a second time.
-    pub fn validate(&self, mountpoint: &Path) -> Result<(MountConfig, PathBuf), ConfigError> {
+    pub fn validate(&self, mountpoint: &Path) -> Result<Validated, ConfigError> {
         self.validate_on(&RealHost, mountpoint)
     }
 
@@ -138,19 +152,20 @@ impl MountConfig {
         &self,
         host: &dyn Host,
         mountpoint: &Path,
-    ) -> Result<(MountConfig, PathBuf), ConfigError> {
-        let (cfg, mnt) = self.canonicalize(mountpoint)?;
-        let roles = cfg.roles(&mnt);
+    ) -> Result<Validated, ConfigError> {
+        let v = self.canonicalize_holding(mountpoint)?;
+        let (cfg, mnt) = (&v.config, &v.mountpoint);
+        let roles = cfg.roles(mnt);
         if let (Some(upper), Some(work)) = (&cfg.upper, &cfg.work) {
             check_upper_work(host, upper, work)?;
         }
         check_overlaps(&roles)?;
         // The table names what is mounted there, for the message.
-        if host.may_be_mount_root(&mnt) {
+        if host.may_be_mount_root(mnt) {
             let table = host.mountinfo().map_err(ConfigError::MountTable)?;
-            if let Some(entry) = find_mount(&table, &mnt) {
+            if let Some(entry) = find_mount(&table, mnt) {
                 return Err(ConfigError::MountpointBusy {
-                    path: mnt,
+                    path: mnt.clone(),
                     fstype: entry.fstype,
                 });
             }
@@ -158,13 +173,19 @@ impl MountConfig {
         if !host.has_fuse_device() {
             return Err(ConfigError::NoFuseDevice);
         }
-        Ok((cfg, mnt))
+        Ok(v)
     }
 
     /// Returns the configuration and mountpoint with every path made absolute and free of
     /// symlinks and `..`, checking on the way that each exists and is a directory. The daemon
     /// changes directory to `/`, so it must only ever see such paths.
     pub fn canonicalize(&self, mountpoint: &Path) -> Result<(MountConfig, PathBuf), ConfigError> {
+        self.canonicalize_holding(mountpoint)
+            .map(|v| (v.config, v.mountpoint))
+    }
+
+    /// [`MountConfig::canonicalize`], keeping the layer roots it opened.
+    fn canonicalize_holding(&self, mountpoint: &Path) -> Result<Validated, ConfigError> {
         if self.lowers.is_empty() {
             return Err(ConfigError::NoLowers);
         }
@@ -173,23 +194,36 @@ impl MountConfig {
             (None, Some(_)) => return Err(ConfigError::WorkWithoutUpper),
             _ => {}
         }
-        let lowers = self
+        let (lowers, lower_dirs) = self
             .lowers
             .iter()
             .enumerate()
             .map(|(i, l)| canonical_dir(Role::Lower(i), l))
-            .collect::<Result<Vec<_>, _>>()?;
-        let upper = self.upper.as_deref().map(|u| canonical_dir(Role::Upper, u));
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
+        let (upper, upper_dir) = match self.upper.as_deref() {
+            Some(u) => {
+                let (path, dir) = canonical_dir(Role::Upper, u)?;
+                (Some(path), dir)
+            }
+            None => (None, None),
+        };
         let work = self.work.as_deref().map(|w| canonical_dir(Role::Work, w));
-        let cfg = MountConfig {
+        let config = MountConfig {
             lowers,
-            upper: upper.transpose()?,
-            work: work.transpose()?,
+            upper,
+            work: work.transpose()?.map(|(path, _)| path),
             volatile: self.volatile,
             no_io_uring: self.no_io_uring,
         };
-        let mnt = canonical_dir(Role::Mountpoint, mountpoint)?;
-        Ok((cfg, mnt))
+        let (mountpoint, _) = canonical_dir(Role::Mountpoint, mountpoint)?;
+        Ok(Validated {
+            config,
+            mountpoint,
+            lower_dirs,
+            upper_dir,
+        })
     }
 
     fn roles<'a>(&'a self, mountpoint: &'a Path) -> Vec<(Role, &'a Path)> {
@@ -207,9 +241,11 @@ impl MountConfig {
     }
 }
 
-fn canonical_dir(role: Role, path: &Path) -> Result<PathBuf, ConfigError> {
-    if let Some(canon) = canonical_dir_fast(path) {
-        return Ok(canon);
+/// The canonical path of the directory at `path`, and the directory opened (`O_PATH`) if that
+/// was the way to find it.
+fn canonical_dir(role: Role, path: &Path) -> Result<(PathBuf, Option<Arc<OwnedFd>>), ConfigError> {
+    if let Some((canon, dir)) = canonical_dir_fast(path) {
+        return Ok((canon, Some(Arc::new(dir))));
     }
     let canon = std::fs::canonicalize(path).map_err(|source| {
         let path = path.to_path_buf();
@@ -221,7 +257,7 @@ fn canonical_dir(role: Role, path: &Path) -> Result<PathBuf, ConfigError> {
     })?;
     let is_dir = std::fs::metadata(&canon).map(|m| m.is_dir());
     match is_dir {
-        Ok(true) => Ok(canon),
+        Ok(true) => Ok((canon, None)),
         Ok(false) => Err(ConfigError::NotADirectory {
             role,
             path: path.to_path_buf(),
@@ -234,7 +270,7 @@ fn canonical_dir(role: Role, path: &Path) -> Result<PathBuf, ConfigError> {
     }
 }
 
-/// The canonical path of the directory at `path`, cheaply. The paths tools hand over are
+/// The canonical path of the directory at `path`, cheaply, and the directory opened. The paths tools hand over are
 /// mostly canonical already: absolute, written cleanly (no `.`, `..`, doubled or trailing `/`)
 /// and free of symbolic links, which one openat2(2) with `RESOLVE_NO_SYMLINKS` confirms.
 /// Otherwise three system calls: open the directory and ask procfs what the descriptor names
@@ -242,7 +278,7 @@ fn canonical_dir(role: Role, path: &Path) -> Result<PathBuf, ConfigError> {
 /// reads every component as a link instead, which for 100 layers is most of the cost of
 /// validating a mount. `None` when neither works out (no such directory, no procfs), and the
 /// caller resolves the slow way, which also tells the reasons apart.
-fn canonical_dir_fast(path: &Path) -> Option<PathBuf> {
+fn canonical_dir_fast(path: &Path) -> Option<(PathBuf, OwnedFd)> {
     use nix::fcntl::{open, openat2, readlink, OFlag, OpenHow, ResolveFlag, AT_FDCWD};
     use nix::sys::stat::Mode;
     use std::os::fd::AsRawFd;
@@ -252,8 +288,8 @@ fn canonical_dir_fast(path: &Path) -> Option<PathBuf> {
             .flags(flags)
             .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
         // ELOOP (a link on the way) or ENOSYS (a kernel before 5.6) take the procfs way.
-        if openat2(AT_FDCWD, path, how).is_ok() {
-            return Some(path.to_path_buf());
+        if let Ok(dir) = openat2(AT_FDCWD, path, how) {
+            return Some((path.to_path_buf(), dir));
         }
     }
     let fd = open(path, flags, Mode::empty()).ok()?;
@@ -261,7 +297,7 @@ fn canonical_dir_fast(path: &Path) -> Option<PathBuf> {
     // A removed directory reads as "<path> (deleted)" (a directory really named so takes the
     // slow way), and anything not absolute (an object outside this root) is no path at all.
     let usable = name.as_bytes().starts_with(b"/") && !name.as_bytes().ends_with(b" (deleted)");
-    usable.then(|| PathBuf::from(name))
+    usable.then(|| (PathBuf::from(name), fd))
 }
 
 /// Whether `path` is absolute and spelled as its canonical form would be, if none of its
@@ -556,11 +592,38 @@ mod tests {
             root.join("./l0"),
         ] {
             assert_eq!(
-                canonical_dir(Role::Upper, &spelled).unwrap(),
+                canonical_dir(Role::Upper, &spelled).unwrap().0,
                 l0,
                 "{spelled:?}"
             );
         }
+    }
+
+    #[test]
+    fn validation_holds_the_roots_it_checked() {
+        use std::os::fd::AsFd;
+        let (_t, root) = tree(&["l0", "l1", "u", "w", "m"]);
+        std::os::unix::fs::symlink(root.join("l1"), root.join("link")).unwrap();
+        let c = MountConfig {
+            lowers: vec![root.join("l0"), root.join("link")],
+            upper: Some(root.join("u")),
+            work: Some(root.join("w")),
+            ..MountConfig::default()
+        };
+        let v = c.validate_on(&FakeHost::ok(), &root.join("m")).unwrap();
+        let is = |held: &Option<Arc<OwnedFd>>, dir: &str| {
+            let held = nix::sys::stat::fstat(held.as_ref().expect("held").as_fd()).unwrap();
+            let named = std::fs::metadata(root.join(dir)).unwrap();
+            assert_eq!(
+                (held.st_dev, held.st_ino),
+                (named.dev(), named.ino()),
+                "{dir}"
+            );
+        };
+        is(&v.lower_dirs[0], "l0");
+        is(&v.lower_dirs[1], "l1");
+        is(&v.upper_dir, "u");
+        assert_eq!(v.lower_dirs.len(), 2);
     }
 
     #[test]

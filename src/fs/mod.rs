@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use fuser::{Config, MountOption, SessionACL};
 
-use crate::config::MountConfig;
+use crate::config::Validated;
 use crate::cow::{self, Upper};
 use crate::layer_index::Layers;
 use crate::whiteout::XattrNs;
@@ -84,14 +84,21 @@ impl Unmounter {
     }
 }
 
-fn open_layers(cfg: &MountConfig) -> Result<Layers, Error> {
-    Layers::open_each(cfg.upper.as_deref(), &cfg.lowers)
-        .map_err(|(path, source)| Error::Layer { path, source })
+/// Opens the layers of `v`, through the roots validation holds open where it does.
+fn open_layers(v: &Validated) -> Result<Layers, Error> {
+    let cfg = &v.config;
+    let upper = cfg.upper.as_deref().map(|u| (u, v.upper_dir.as_ref()));
+    let lowers = cfg.lowers.iter().enumerate().map(|(i, l)| {
+        let held = v.lower_dirs.get(i).and_then(Option::as_ref);
+        (l.as_path(), held)
+    });
+    Layers::open_each(upper, lowers).map_err(|(path, source)| Error::Layer { path, source })
 }
 
-/// Builds the filesystem for `cfg` without mounting it.
-pub fn build(cfg: &MountConfig) -> Result<UnionFs, Error> {
-    let layers = open_layers(cfg)?;
+/// Builds the filesystem for `v` without mounting it.
+pub fn build(v: &Validated) -> Result<UnionFs, Error> {
+    let layers = open_layers(v)?;
+    let cfg = &v.config;
     let upper = match (&cfg.upper, &cfg.work) {
         (Some(u), Some(w)) => {
             Some(Upper::new(u, w, XattrNs::for_current_user(), cfg.volatile).map_err(Error::Work)?)
@@ -111,12 +118,13 @@ pub fn build(cfg: &MountConfig) -> Result<UnionFs, Error> {
 /// not grow while requests are served.
 const FDS_RESERVED: u64 = 1024;
 
-/// Mounts the union described by `cfg` on `mountpoint`. Returns once the mount is live.
-pub fn mount(cfg: &MountConfig, mountpoint: &Path) -> Result<Mounted, Error> {
+/// Mounts the union `v` describes on its mountpoint. Returns once the mount is live.
+pub fn mount(v: &Validated) -> Result<Mounted, Error> {
+    let (cfg, mountpoint) = (&v.config, v.mountpoint.as_path());
     crate::sys::process::single_malloc_arena();
     // The daemon holds a descriptor per layer, and one per open file served by passthrough.
     let fd_reserve = crate::sys::process::reserve_fds(FDS_RESERVED);
-    let fs = std::sync::Arc::new(build(cfg)?);
+    let fs = std::sync::Arc::new(build(v)?);
     let notifier_slot = fs.notifier.clone();
     // Objects are created with exactly the mode the caller asked for (the kernel has applied
     // the caller's umask already).

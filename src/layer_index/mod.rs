@@ -15,6 +15,7 @@ mod root;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,7 +45,15 @@ pub struct Layer {
 impl Layer {
     /// Opens the layer rooted at `root` (which must be a directory).
     pub fn open(root: &Path) -> nix::Result<Layer> {
-        let base = LayerRoot::open(root)?;
+        Layer::open_held(root, None)
+    }
+
+    /// [`Layer::open`], using `held` (the root already open, see [`LayerRoot::held`]) if given.
+    pub fn open_held(root: &Path, held: Option<&Arc<OwnedFd>>) -> nix::Result<Layer> {
+        let base = match held {
+            Some(fd) => LayerRoot::held(fd.clone()),
+            None => LayerRoot::open(root)?,
+        };
         let st = base.stat()?;
         Ok(Layer {
             root: root.to_path_buf(),
@@ -231,17 +240,21 @@ fn parse_redirect(v: Vec<u8>) -> Option<Redirect> {
 impl Layers {
     /// Opens the layers. `lowers` are top-most first.
     pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> nix::Result<Layers> {
-        Layers::open_each(upper, lowers).map_err(|(_, e)| e)
+        let lowers = lowers.iter().map(|l| (l.as_path(), None));
+        Layers::open_each(upper.map(|u| (u, None)), lowers).map_err(|(_, e)| e)
     }
 
-    /// [`Layers::open`], naming the layer that could not be opened.
-    pub fn open_each(upper: Option<&Path>, lowers: &[PathBuf]) -> Result<Layers, (PathBuf, Errno)> {
-        let open = |p: &Path| Layer::open(p).map_err(|e| (p.to_path_buf(), e));
+    /// [`Layers::open`], each root given with its descriptor if it is already open (see
+    /// [`Layer::open_held`]), naming the layer that could not be opened.
+    pub fn open_each<'a>(
+        upper: Option<(&Path, Option<&Arc<OwnedFd>>)>,
+        lowers: impl Iterator<Item = (&'a Path, Option<&'a Arc<OwnedFd>>)>,
+    ) -> Result<Layers, (PathBuf, Errno)> {
+        let open = |(p, held): (&Path, Option<&Arc<OwnedFd>>)| {
+            Layer::open_held(p, held).map_err(|e| (p.to_path_buf(), e))
+        };
         let upper = upper.map(open).transpose()?;
-        let lowers = lowers
-            .iter()
-            .map(|p| open(p))
-            .collect::<Result<Vec<_>, _>>()?;
+        let lowers = lowers.map(open).collect::<Result<Vec<_>, _>>()?;
         let devs = upper.iter().chain(lowers.iter()).map(|l| l.dev);
         let inos = InoMapper::new(devs);
         let indexes = Arc::new(Indexes::new(lowers.len()));

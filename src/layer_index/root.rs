@@ -39,6 +39,15 @@ pub struct LayerRoot {
 }
 
 impl LayerRoot {
+    /// The root open at `fd`, a directory opened by its canonical path (as mount validation
+    /// does), so that it is not resolved a second time.
+    pub fn held(fd: Arc<OwnedFd>) -> LayerRoot {
+        LayerRoot {
+            base: fd_path(&fd),
+            fd,
+        }
+    }
+
     pub fn open(root: &Path) -> nix::Result<LayerRoot> {
         // A root that is a symlink is refused (ENOTDIR) rather than followed: callers name
         // roots by canonical paths, and a layer must not change under a swapped link.

@@ -18,7 +18,7 @@ use nix::mount::MntFlags;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::config::MountConfig;
+use crate::config::Validated;
 use crate::sys::ns::{Linux, Syscalls};
 use crate::sys::process::{self, Fork};
 
@@ -49,15 +49,16 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Forks the daemon, which mounts `cfg` on `mountpoint` and logs to `log`; returns once the
+    /// Forks the daemon, which mounts `v` on its mountpoint and logs to `log`; returns once the
     /// mount is live. Must be called while this process has one thread.
-    pub fn start(cfg: &MountConfig, mountpoint: &Path, log: &Path) -> Result<Daemon, Error> {
+    pub fn start(v: &Validated, log: &Path) -> Result<Daemon, Error> {
+        let mountpoint = v.mountpoint.as_path();
         let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::Pipe)?;
         let parent = nix::unistd::getpid();
         match process::fork().map_err(Error::Fork)? {
             Fork::Child => {
                 drop(rd);
-                let code = serve(cfg, mountpoint, log, parent, File::from(wr));
+                let code = serve(v, log, parent, File::from(wr));
                 process::exit_now(code)
             }
             Fork::Parent(pid) => {
@@ -150,7 +151,8 @@ fn unmount(mnt: &Path) -> Result<(), Error> {
 }
 
 /// The daemon process: own session, log file as stdout/stderr, mount, report, serve.
-fn serve(cfg: &MountConfig, mnt: &Path, log: &Path, parent: Pid, mut ready: File) -> i32 {
+fn serve(v: &Validated, log: &Path, parent: Pid, mut ready: File) -> i32 {
+    let mnt = v.mountpoint.as_path();
     let fail = |ready: &mut File, msg: String| {
         let _ = write!(ready, "-{msg}");
         1
@@ -175,7 +177,7 @@ fn serve(cfg: &MountConfig, mnt: &Path, log: &Path, parent: Pid, mut ready: File
         Ok(s) => s,
         Err(e) => return fail(&mut ready, crate::run::init::error_chain(&e)),
     };
-    let mounted = match crate::fs::mount(cfg, mnt) {
+    let mounted = match crate::fs::mount(v) {
         Ok(m) => m,
         Err(e) => return fail(&mut ready, crate::run::init::error_chain(&e)),
     };

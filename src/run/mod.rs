@@ -164,14 +164,17 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome, Error> {
         no_io_uring: false,
     };
     let merged = layer.dir.join("merged");
-    let (mount_cfg, merged) = mount_cfg.validate(&merged).map_err(Error::Layers)?;
+    let validated = mount_cfg.validate(&merged).map_err(Error::Layers)?;
+    let merged = validated.mountpoint.clone();
     for v in &cfg.volumes {
         if !v.host.exists() {
             return Err(Error::Spec(SpecError::Volume(v.host.clone())));
         }
     }
     let placed = cgroup::Cgroup::detect(&cfg.limits)?;
-    let daemon = daemon::Daemon::start(&mount_cfg, &merged, &layer.dir.join("unionfs.log"))?;
+    let daemon = daemon::Daemon::start(&validated, &layer.dir.join("unionfs.log"))?;
+    // The daemon has the layer roots open now; this process needs them no more.
+    drop(validated);
     tracing::debug!(id, pid = ?daemon.pid(), merged = %merged.display(), "union mounted");
     let mut cg = CgroupGuard(cgroup::Cgroup::none());
     cg.0 = cgroup::Cgroup::create(&sys, placed, &format!("unionfs-{id}"), &cfg.limits)?;

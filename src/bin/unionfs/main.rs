@@ -1,10 +1,10 @@
 //! The `unionfs` command line: argument parsing (clap derive) and wiring, nothing worth testing
 //! on its own.
 //!
-//! `unionfs mount` turns its flags and `-o` options into a [`MountConfig`], validates it before
-//! anything is mounted, mounts, and then either serves in the foreground (`-f`) or detaches: it
-//! forks, and the child (the daemon) releases the caller's terminal and pipes, starts a new
-//! session and serves. The caller therefore exits 0 only once the mount is live, and otherwise
+//! `unionfs mount` turns its flags and `-o` options into a [`config::MountConfig`], validates it
+//! before anything is mounted (validation hands the layer roots it opened on to the mount),
+//! mounts, and then either serves in the foreground (`-f`) or detaches: it forks, and the child
+//! (the daemon) releases the caller's terminal and pipes, starts a new session and serves. The caller therefore exits 0 only once the mount is live, and otherwise
 //! prints the reason and exits non-zero with nothing mounted.
 //! `fs::mount` starts no thread (the session's threads start in `Mounted::run`), which is what
 //! makes forking after it (and blocking signals for the sigwait thread) sound.
@@ -28,7 +28,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use nix::errno::Errno;
 use nix::mount::MntFlags;
 use nix::sys::signal::{SigSet, Signal};
-use unionfs::config::{self, MountConfig, MountOptions};
+use unionfs::config::{self, MountOptions, Validated};
 use unionfs::fs::{Mounted, Unmounter};
 use unionfs::sys::process::{self, Fork};
 
@@ -243,7 +243,7 @@ fn mount(args: MountArgs) -> Result<()> {
     )
     .context("invalid mount options")?;
     let cfg = opts.into_config().context("invalid mount options")?;
-    let (cfg, mnt) = cfg
+    let v = cfg
         .validate(&args.mountpoint)
         .with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
     if args.foreground {
@@ -253,25 +253,25 @@ fn mount(args: MountArgs) -> Result<()> {
         };
         init_logging(log, std::io::stderr().is_terminal());
         let signals = process::block_signals(&TERMINATING)?;
-        let mounted = mount_fs(&cfg, &mnt)?;
+        let mounted = mount_fs(&v)?;
         return serve(mounted, signals);
     }
     let log_path = match args.log_file {
         Some(p) => p,
-        None => default_log_path(&mnt)?,
+        None => default_log_path(&v.mountpoint)?,
     };
     let log = open_log(&log_path)?;
     init_logging(None, false);
-    detach(&cfg, &mnt, log, &log_path)
+    detach(&v, log, &log_path)
 }
 
-fn mount_fs(cfg: &MountConfig, mnt: &Path) -> Result<Mounted> {
+fn mount_fs(v: &Validated) -> Result<Mounted> {
     // The kernel has already applied the caller's umask to the modes of create, mkdir and mknod
     // requests; a second mask from the daemon's own umask would be wrong (fuse-overlayfs does
     // the same).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     // The library's errors already name the path that failed.
-    unionfs::fs::mount(cfg, mnt).context("mount failed")
+    unionfs::fs::mount(v).context("mount failed")
 }
 
 /// Serves until unmounted; a dedicated thread turns termination signals into an unmount.
@@ -315,10 +315,11 @@ fn watch_signals(signals: SigSet, mut unmounter: Unmounter) {
 /// session leader would take a terminal it opens as its controlling one, but the daemon opens
 /// none (device nodes in the tree are opened by the kernel, never through the daemon). A second
 /// fork, whose only use would be to rule that out, costs the caller a fork and a wait.
-fn detach(cfg: &MountConfig, mnt: &Path, log: File, log_path: &Path) -> Result<()> {
+fn detach(v: &Validated, log: File, log_path: &Path) -> Result<()> {
+    let mnt = v.mountpoint.as_path();
     // Blocked before the fork, so that the daemon inherits the mask its signal thread waits on.
     let signals = process::block_signals(&TERMINATING)?;
-    let mut mounted = mount_fs(cfg, mnt)?;
+    let mut mounted = mount_fs(v)?;
     match process::fork() {
         Ok(Fork::Parent(_)) => {
             // The daemon serves the mount now. This process's copy of the session is not
