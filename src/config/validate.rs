@@ -270,9 +270,10 @@ fn canonical_dir(role: Role, path: &Path) -> Result<(PathBuf, Option<Arc<OwnedFd
     }
 }
 
-/// The canonical path of the directory at `path`, cheaply, and the directory opened. The paths tools hand over are
-/// mostly canonical already: absolute, written cleanly (no `.`, `..`, doubled or trailing `/`)
-/// and free of symbolic links, which one openat2(2) with `RESOLVE_NO_SYMLINKS` confirms.
+/// The canonical path of the directory at `path`, cheaply, and the directory opened. The paths
+/// tools hand over are mostly canonical already: absolute, written cleanly (no `.`, `..`,
+/// doubled or trailing `/`) and free of symbolic links, which one openat2(2) with
+/// `RESOLVE_NO_SYMLINKS` confirms.
 /// Otherwise three system calls: open the directory and ask procfs what the descriptor names
 /// (reading `/proc/self/fd/N` walks procfs, several times the cost of the open). realpath(3)
 /// reads every component as a link instead, which for 100 layers is most of the cost of

@@ -4,8 +4,9 @@
 //! `unionfs mount` turns its flags and `-o` options into a [`config::MountConfig`], validates it
 //! before anything is mounted (validation hands the layer roots it opened on to the mount),
 //! mounts, and then either serves in the foreground (`-f`) or detaches: it forks, and the child
-//! (the daemon) releases the caller's terminal and pipes, starts a new session and serves. The caller therefore exits 0 only once the mount is live, and otherwise
-//! prints the reason and exits non-zero with nothing mounted.
+//! (the daemon) releases the caller's terminal and pipes, starts a new session and serves. The
+//! caller therefore exits 0 only once the mount is live, and otherwise prints the reason and
+//! exits non-zero with nothing mounted.
 //! `fs::mount` starts no thread (the session's threads start in `Mounted::run`), which is what
 //! makes forking after it (and blocking signals for the sigwait thread) sound.
 //!
