@@ -16,11 +16,17 @@
 //! and rebuilt when the file is missing, stale or corrupt. A saved index ends with a sha256 of
 //! everything before it, so corruption that still decodes is caught too. Loading and building
 //! run in the background after mount (see `loader.rs`).
+//!
+//! Every layer ever mounted leaves an index behind, and a layer's identity changes whenever its
+//! root does, so the directory would grow without bound. A load brings the file's mtime
+//! forward (at most once a day), and a process that saves an index first removes those no
+//! mount has used for [`UNUSED_FOR`]: rebuilding one costs a walk of its layer, once.
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use nix::sys::stat::FileStat;
 use sha2::{Digest, Sha256};
@@ -32,6 +38,17 @@ const FORMAT: u32 = 2;
 
 /// Length of the sha256 that ends a saved index and covers everything before it.
 const CHECKSUM_LEN: usize = 32;
+
+/// How long an index that no mount has loaded is kept.
+pub const UNUSED_FOR: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// How stale a used index's mtime may get before a load brings it forward: most loads then
+/// write nothing.
+const TOUCH_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How old a file being written aside must be to count as left by a save that died (a save
+/// takes well under a second).
+const ABANDONED_AFTER: Duration = Duration::from_secs(60 * 60);
 
 pub const DIR: u8 = 1;
 pub const WHITEOUT: u8 = 2;
@@ -250,12 +267,61 @@ impl LayerIndex {
     ) -> Option<LayerIndex> {
         let idx = Self::build(root)?;
         if let (Some(dir), Some(id)) = (dir, &id) {
+            // Once per process: a mount that builds a hundred indexes sweeps once.
+            static SWEPT: std::sync::Once = std::sync::Once::new();
+            SWEPT.call_once(|| {
+                let removed = remove_unused(dir, SystemTime::now());
+                tracing::debug!(removed, dir = %dir.display(), "removed unused indexes");
+            });
             if let Err(e) = idx.save(dir, id) {
                 tracing::debug!(error = %e, "index not saved");
             }
         }
         Some(idx)
     }
+}
+
+/// Removes from `dir` the indexes whose mtime is more than [`UNUSED_FOR`] before `now`, and
+/// files written aside by saves that died; returns how many went. Best effort: anything that
+/// cannot be read or removed stays, and other files are never touched.
+pub fn remove_unused(dir: &Path, now: SystemTime) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.as_bytes();
+        let keep_for = if name.ends_with(b".idx") {
+            UNUSED_FOR
+        } else if is_written_aside(name) {
+            ABANDONED_AFTER
+        } else {
+            continue;
+        };
+        let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
+            continue;
+        };
+        let old = now
+            .duration_since(modified)
+            .is_ok_and(|age| age > keep_for);
+        if old && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Whether `name` is that of a file [`LayerIndex::save`] writes before renaming it into place
+/// (`<hex>.tmp<pid>`).
+fn is_written_aside(name: &[u8]) -> bool {
+    name.iter()
+        .position(|&b| b == b'.')
+        .is_some_and(|dot| {
+            let rest = &name[dot + 1..];
+            rest.strip_prefix(b"tmp")
+                .is_some_and(|pid| !pid.is_empty() && pid.iter().all(u8::is_ascii_digit))
+        })
 }
 
 /// A saved index, open and being read in (see [`LayerIndex::open_saved`]).
@@ -278,7 +344,8 @@ impl SavedIndex {
             source,
         };
         // Read at its size, in one call; a file that changes meanwhile fails the checksum.
-        let len = self.file.metadata().map_err(read_err)?.len();
+        let meta = self.file.metadata().map_err(read_err)?;
+        let len = meta.len();
         if len > MAX as u64 {
             return Err(Error::Stale { path });
         }
@@ -299,9 +366,25 @@ impl SavedIndex {
         if used != body.len() || saved.format != FORMAT || saved.identity != *id {
             return Err(Error::Stale { path });
         }
+        mark_used(&self.file, &meta);
         Ok(LayerIndex {
             marks: saved.marks.into_iter().collect(),
         })
+    }
+}
+
+/// Brings a loaded index's mtime forward when it is older than [`TOUCH_AFTER`], so that
+/// [`remove_unused`] keeps it. Best effort: an index that cannot be touched is rebuilt once it
+/// has gone.
+fn mark_used(file: &std::fs::File, meta: &std::fs::Metadata) {
+    let now = SystemTime::now();
+    let stale = meta
+        .modified()
+        .is_ok_and(|m| now.duration_since(m).is_ok_and(|age| age > TOUCH_AFTER));
+    if stale {
+        if let Err(e) = file.set_modified(now) {
+            tracing::debug!(error = %e, "index mtime not brought forward");
+        }
     }
 }
 
@@ -391,6 +474,68 @@ mod tests {
             LayerIndex::load(cache.path(), &id).is_ok(),
             "rebuilt index was saved"
         );
+    }
+
+    fn set_mtime(p: &Path, t: SystemTime) {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .and_then(|f| f.set_modified(t))
+            .expect("set mtime");
+    }
+
+    fn mtime(p: &Path) -> SystemTime {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .expect("mtime")
+    }
+
+    const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+    #[test]
+    fn unused_indexes_and_abandoned_saves_are_removed() {
+        let cache = tempfile::tempdir().expect("cache");
+        let now = SystemTime::now();
+        let files = [
+            ("old.idx", now - UNUSED_FOR - DAY, false),
+            ("recent.idx", now - UNUSED_FOR + DAY, true),
+            ("abc.tmp123", now - 2 * ABANDONED_AFTER, false),
+            ("abd.tmp124", now, true),
+            ("abe.tmpx", now - UNUSED_FOR - DAY, true),
+            ("notes.txt", now - UNUSED_FOR - DAY, true),
+        ];
+        for (name, t, _) in files {
+            let p = cache.path().join(name);
+            std::fs::write(&p, b"x").expect("write");
+            set_mtime(&p, t);
+        }
+        assert_eq!(remove_unused(cache.path(), now), 2);
+        for (name, _, kept) in files {
+            assert_eq!(cache.path().join(name).exists(), kept, "{name}");
+        }
+        assert_eq!(remove_unused(&cache.path().join("none"), now), 0);
+    }
+
+    #[test]
+    fn loading_an_index_marks_it_used() {
+        let d = layer();
+        let cache = tempfile::tempdir().expect("cache");
+        let id = LayerIndex::identity(d.path()).expect("identity");
+        LayerIndex::build(d.path())
+            .expect("build")
+            .save(cache.path(), &id)
+            .expect("save");
+        let saved = file_of(cache.path(), &id);
+        // Touched at most once a day: a load within the day writes nothing.
+        let recent = SystemTime::now() - TOUCH_AFTER / 2;
+        set_mtime(&saved, recent);
+        LayerIndex::load(cache.path(), &id).expect("load");
+        assert_eq!(mtime(&saved), recent);
+        let old = SystemTime::now() - UNUSED_FOR + DAY;
+        set_mtime(&saved, old);
+        LayerIndex::load(cache.path(), &id).expect("load");
+        assert!(mtime(&saved) > SystemTime::now() - TOUCH_AFTER, "brought forward");
+        assert_eq!(remove_unused(cache.path(), SystemTime::now() + DAY), 0);
     }
 
     #[test]
