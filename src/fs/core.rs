@@ -205,12 +205,18 @@ impl UnionFs {
 
     /// The view of directory `ino` for resolving its children.
     pub(super) fn dir_view(&self, ino: u64) -> Res<DirView> {
+        Ok(self.dir_view_stat(ino)?.0)
+    }
+
+    /// [`UnionFs::dir_view`], with the attributes of the directory's upper copy when it has
+    /// one.
+    pub(super) fn dir_view_stat(&self, ino: u64) -> Res<(DirView, Option<FileStat>)> {
         let node = self.node(ino)?;
         if !node.is_dir {
             return Err(Errno::ENOTDIR);
         }
-        let in_upper = self.node_upper_stat(&node)?.is_some_and(|st| is_dir(&st));
-        Ok(node.view(in_upper))
+        let upper = self.node_upper_stat(&node)?.filter(is_dir);
+        Ok((node.view(upper.is_some()), upper))
     }
 
     /// Where `node`'s object lives now, and its attributes there.

@@ -12,13 +12,12 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use fuser::FileAttr;
 use nix::errno::Errno;
-use nix::fcntl::{renameat2, AtFlags, RenameFlags};
-use nix::sys::stat::{FchmodatFlags, Mode, SFlag};
+use nix::fcntl::{renameat2, AtFlags, OFlag, RenameFlags};
+use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag};
 use nix::unistd::{Gid, Uid};
 
 use super::core::{errno_of, Res, UnionFs};
@@ -64,13 +63,16 @@ impl UnionFs {
         if name.len() > 255 {
             return Err(Errno::ENAMETOOLONG);
         }
-        let pview = self.dir_view(parent)?;
+        let (pview, upper_dir_st) = self.dir_view_stat(parent)?;
         let r = self.layers.resolve(&pview, name)?;
         if r.exists() {
             return Err(Errno::EEXIST);
         }
         let view = self.upper_dir(pview)?;
-        let dir_st = up.path(&view.path).lstat()?;
+        let dir_st = match upper_dir_st {
+            Some(st) => st,
+            None => up.path(&view.path).lstat()?,
+        };
         let sgid = dir_st.st_mode & libc::S_ISGID != 0;
         let gid = if sgid { dir_st.st_gid } else { who.gid };
         let rel = view.path.join(name);
@@ -88,17 +90,22 @@ impl UnionFs {
                 // Always writable, even for open(O_CREAT|O_RDONLY) (runc creates bind-mount
                 // targets that way): the caller's own descriptor keeps the mode it asked for,
                 // and exclusive creation needs write access.
-                let f = std::fs::OpenOptions::new()
-                    .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode & 0o777)
-                    .custom_flags(
-                        flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT),
-                    )
-                    .open(&*at)
-                    .map_err(errno_of)?;
-                opened = Some(f);
+                let access = if flags & libc::O_ACCMODE == libc::O_WRONLY {
+                    OFlag::O_WRONLY
+                } else {
+                    OFlag::O_RDWR
+                };
+                let kept = OFlag::from_bits_truncate(
+                    flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT),
+                );
+                let (dir, rel) = at.at();
+                let fd = nix::fcntl::openat(
+                    dir,
+                    rel,
+                    access | kept | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(mode & 0o777),
+                )?;
+                opened = Some(File::from(fd));
                 mode
             }
             NewObject::Dir { mode } => {
@@ -128,16 +135,28 @@ impl UnionFs {
                 0o777
             }
         };
-        let finish = || -> Res<u64> {
-            let ino = self.keep_ino_unique(&at)?;
+        // Returns the object's inode number, and its attributes when nothing changed them
+        // after they were read.
+        let finish = || -> Res<(u64, Option<FileStat>)> {
+            let made = match &opened {
+                Some(f) => nix::sys::stat::fstat(f)?,
+                None => at.lstat()?,
+            };
+            let (ino, renumbered) = self.keep_ino_unique(&at, &made)?;
+            let mut unchanged = !renumbered;
             let (dir, rel) = at.at();
-            nix::unistd::fchownat(
-                dir,
-                rel,
-                Some(Uid::from_raw(who.uid)),
-                Some(Gid::from_raw(gid)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )?;
+            // The daemon creates as root: a root caller's object (or one in a set-group-ID
+            // directory, whose group the file system gave it) already has its owner.
+            if made.st_uid != who.uid || made.st_gid != gid {
+                nix::unistd::fchownat(
+                    dir,
+                    rel,
+                    Some(Uid::from_raw(who.uid)),
+                    Some(Gid::from_raw(gid)),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )?;
+                unchanged = false;
+            }
             // Objects are created with their permission bits already (the daemon's umask is 0,
             // see `fs::mount`); set-id and sticky bits are set after chown, which clears them.
             if !matches!(what, NewObject::Symlink { .. }) && mode & 0o7000 != 0 {
@@ -147,9 +166,11 @@ impl UnionFs {
                     Mode::from_bits_truncate(mode & 0o7777),
                     FchmodatFlags::FollowSymlink,
                 )?;
+                unchanged = false;
             }
             if is_new_dir && (r.upper_whiteout || !view.lowers.is_empty()) {
                 whiteout::set_opaque(&at, up.ns())?;
+                unchanged = false;
             }
             if r.upper_whiteout {
                 if is_new_dir {
@@ -158,11 +179,12 @@ impl UnionFs {
                 } else {
                     rename(&at, &dst, RenameFlags::empty())?;
                 }
+                unchanged = false;
             }
-            Ok(ino)
+            Ok((ino, unchanged.then_some(made)))
         };
-        let ino = match finish() {
-            Ok(ino) => ino,
+        let (ino, made) = match finish() {
+            Ok(done) => done,
             Err(e) => {
                 let _ = if is_new_dir {
                     std::fs::remove_dir(&*at)
@@ -174,8 +196,12 @@ impl UnionFs {
         };
         // The entry is what was just made: an upper object with nothing below it (a new
         // directory where lower ones could show is opaque), so no resolution is needed.
+        let upper = match made {
+            Some(st) => st,
+            None => dst.lstat()?,
+        };
         let r = Resolved {
-            upper: Some(dst.lstat()?),
+            upper: Some(upper),
             upper_whiteout: false,
             lower: None,
             lower_dirs: Vec::new(),
@@ -193,12 +219,12 @@ impl UnionFs {
     /// would bind the new object to the kernel's dead inode: a directory made right after an
     /// rmdir would refuse entries (ENOENT). The fresh number is recorded as the object's origin,
     /// so it stays the same across lookups and remounts.
-    /// Returns the object's inode number.
-    fn keep_ino_unique(&self, path: &LayerPath) -> Res<u64> {
-        let st = path.lstat()?;
+    /// Takes the object's attributes `st`; returns its inode number, and whether that is a
+    /// fresh one (recorded in an xattr, which changed the object's ctime).
+    fn keep_ino_unique(&self, path: &LayerPath, st: &FileStat) -> Res<(u64, bool)> {
         let natural = self.layers.inos.map(st.st_dev, st.st_ino);
         if self.table.lock().get(natural).is_none() {
-            return Ok(natural);
+            return Ok((natural, false));
         }
         let up = self.upper()?;
         let fresh = loop {
@@ -213,7 +239,7 @@ impl UnionFs {
         };
         tracing::debug!(natural, fresh, "inode number still in use by the kernel");
         layer_index::set_origin(path, up.ns(), fresh)?;
-        Ok(fresh)
+        Ok((fresh, true))
     }
 
     /// Hard-links `ino` as `name` in `parent`.

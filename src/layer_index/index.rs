@@ -302,9 +302,7 @@ pub fn remove_unused(dir: &Path, now: SystemTime) -> usize {
         let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
             continue;
         };
-        let old = now
-            .duration_since(modified)
-            .is_ok_and(|age| age > keep_for);
+        let old = now.duration_since(modified).is_ok_and(|age| age > keep_for);
         if old && std::fs::remove_file(entry.path()).is_ok() {
             removed += 1;
         }
@@ -315,13 +313,11 @@ pub fn remove_unused(dir: &Path, now: SystemTime) -> usize {
 /// Whether `name` is that of a file [`LayerIndex::save`] writes before renaming it into place
 /// (`<hex>.tmp<pid>`).
 fn is_written_aside(name: &[u8]) -> bool {
-    name.iter()
-        .position(|&b| b == b'.')
-        .is_some_and(|dot| {
-            let rest = &name[dot + 1..];
-            rest.strip_prefix(b"tmp")
-                .is_some_and(|pid| !pid.is_empty() && pid.iter().all(u8::is_ascii_digit))
-        })
+    name.iter().position(|&b| b == b'.').is_some_and(|dot| {
+        let rest = &name[dot + 1..];
+        rest.strip_prefix(b"tmp")
+            .is_some_and(|pid| !pid.is_empty() && pid.iter().all(u8::is_ascii_digit))
+    })
 }
 
 /// A saved index, open and being read in (see [`LayerIndex::open_saved`]).
@@ -534,7 +530,10 @@ mod tests {
         let old = SystemTime::now() - UNUSED_FOR + DAY;
         set_mtime(&saved, old);
         LayerIndex::load(cache.path(), &id).expect("load");
-        assert!(mtime(&saved) > SystemTime::now() - TOUCH_AFTER, "brought forward");
+        assert!(
+            mtime(&saved) > SystemTime::now() - TOUCH_AFTER,
+            "brought forward"
+        );
         assert_eq!(remove_unused(cache.path(), SystemTime::now() + DAY), 0);
     }
 
