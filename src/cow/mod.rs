@@ -288,18 +288,34 @@ impl Upper {
     /// Puts a whiteout at `rel`, replacing whatever the upper has there in one step. A directory
     /// being replaced holds at most markers (the caller checked that it looks empty).
     pub fn whiteout(&self, rel: &Path) -> Result<()> {
+        let dst = self.path(rel);
+        // Mostly the name is only in a lower layer: link the shared whiteout straight there (a
+        // link appears whole, as a rename does). Staged only when the name is taken, or there
+        // is no shared whiteout to link.
+        let (dir, name) = dst.at();
+        let shared = self.staging.join("whiteout");
+        let mut taken = match nix::unistd::linkat(AT_FDCWD, &shared, dir, name, AtFlags::empty()) {
+            Ok(()) => return Ok(()),
+            Err(e) => e == Errno::EEXIST,
+        };
         let tmp = self.temp();
         self.stage_whiteout(&tmp).map_err(|source| Error::Stage {
             path: tmp.clone(),
             source,
         })?;
-        let dst = self.path(rel);
-        // Mostly the name is only in a lower layer: try that first, and look only if taken.
-        let installed = match rename_into(&tmp, &dst, RenameFlags::RENAME_NOREPLACE) {
-            Err(Error::Install {
-                source: Errno::EEXIST,
-                ..
-            }) => match dst.lstat() {
+        let mut installed = Ok(());
+        if !taken {
+            installed = rename_into(&tmp, &dst, RenameFlags::RENAME_NOREPLACE);
+            taken = matches!(
+                installed,
+                Err(Error::Install {
+                    source: Errno::EEXIST,
+                    ..
+                })
+            );
+        }
+        if taken {
+            installed = match dst.lstat() {
                 Ok(st) if is_dir(&st) => {
                     rename_into(&tmp, &dst, RenameFlags::RENAME_EXCHANGE).map(|()| {
                         // The old directory now sits at `tmp`.
@@ -307,9 +323,8 @@ impl Upper {
                     })
                 }
                 _ => rename_into(&tmp, &dst, RenameFlags::empty()),
-            },
-            other => other,
-        };
+            };
+        }
         if installed.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
