@@ -294,7 +294,7 @@ impl Upper {
         // is no shared whiteout to link.
         let (dir, name) = dst.at();
         let shared = self.staging.join("whiteout");
-        let mut taken = match nix::unistd::linkat(AT_FDCWD, &shared, dir, name, AtFlags::empty()) {
+        let taken = match nix::unistd::linkat(AT_FDCWD, &shared, dir, name, AtFlags::empty()) {
             Ok(()) => return Ok(()),
             Err(e) => e == Errno::EEXIST,
         };
@@ -303,28 +303,26 @@ impl Upper {
             path: tmp.clone(),
             source,
         })?;
-        let mut installed = Ok(());
-        if !taken {
-            installed = rename_into(&tmp, &dst, RenameFlags::RENAME_NOREPLACE);
-            taken = matches!(
-                installed,
+        let replace = || match dst.lstat() {
+            Ok(st) if is_dir(&st) => {
+                rename_into(&tmp, &dst, RenameFlags::RENAME_EXCHANGE).map(|()| {
+                    // The old directory now sits at `tmp`.
+                    let _ = std::fs::remove_dir_all(&tmp);
+                })
+            }
+            _ => rename_into(&tmp, &dst, RenameFlags::empty()),
+        };
+        let installed = if taken {
+            replace()
+        } else {
+            match rename_into(&tmp, &dst, RenameFlags::RENAME_NOREPLACE) {
                 Err(Error::Install {
                     source: Errno::EEXIST,
                     ..
-                })
-            );
-        }
-        if taken {
-            installed = match dst.lstat() {
-                Ok(st) if is_dir(&st) => {
-                    rename_into(&tmp, &dst, RenameFlags::RENAME_EXCHANGE).map(|()| {
-                        // The old directory now sits at `tmp`.
-                        let _ = std::fs::remove_dir_all(&tmp);
-                    })
-                }
-                _ => rename_into(&tmp, &dst, RenameFlags::empty()),
-            };
-        }
+                }) => replace(),
+                other => other,
+            }
+        };
         if installed.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }

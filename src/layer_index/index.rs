@@ -19,8 +19,9 @@
 //!
 //! Every layer ever mounted leaves an index behind, and a layer's identity changes whenever its
 //! root does, so the directory would grow without bound. A load brings the file's mtime
-//! forward (at most once a day), and a process that saves an index first removes those no
-//! mount has used for [`UNUSED_FOR`]: rebuilding one costs a walk of its layer, once.
+//! forward (at most once a day), and the first index a process builds is saved only after
+//! removing those no mount has used for [`UNUSED_FOR`]: rebuilding one costs a walk of its
+//! layer, once.
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
