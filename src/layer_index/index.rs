@@ -115,6 +115,11 @@ impl LayerIndex {
         self.marks.get(&key).copied().unwrap_or(0)
     }
 
+    /// The keys of every path the layer holds anything at.
+    pub fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.marks.keys().copied()
+    }
+
     pub fn len(&self) -> usize {
         self.marks.len()
     }

@@ -13,11 +13,15 @@
 //! build, and never past [`WAIT_FOR_SAVED`] after loading started. With the caches warm, 100
 //! saved indexes load in about 4 ms and waiting makes no difference.
 //!
+//! Once every layer is indexed, a deep stack also gets a [`Presence`] map: which layers hold
+//! anything at each path. Asking each layer's index costs a cache miss per layer on every
+//! lookup (about 11 µs per first lookup at 100 layers); the map answers for all of them in one.
+//!
 //! Holding the layers ahead open grows the daemon's descriptor table, which is why
 //! `fs::mount` reserves the table's size before any thread starts: growing it in the running
 //! daemon stalled these same lookups by 13 ms.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -37,11 +41,56 @@ pub(super) const WAIT_FOR_SAVED: Duration = Duration::from_millis(50);
 /// are under way together; also the most files it holds open at once.
 const READ_AHEAD: usize = 32;
 
+/// From how many lower layers a stack gets a [`Presence`] map. Below it, asking each layer's
+/// index costs about as much, and the map would only take memory: about as much again as the
+/// indexes themselves (a key per path, and two bytes per layer holding it).
+const PRESENCE_FROM: usize = 16;
+
+/// Which lower layers hold anything at each path, over all their indexes.
+#[derive(Debug)]
+pub(super) struct Presence {
+    /// Path key → where in `layers` the layers holding it are listed.
+    spans: HashMap<u64, (u32, u32), nohash_hasher::BuildNoHashHasher<u64>>,
+    layers: Vec<u16>,
+}
+
+impl Presence {
+    /// The map over `indexes`, one per lower layer in order; `None` for a stack too deep to
+    /// number its layers in 16 bits.
+    fn build(indexes: &[&LayerIndex]) -> Option<Presence> {
+        let mut pairs = Vec::with_capacity(indexes.iter().map(|i| i.len()).sum());
+        for (layer, idx) in indexes.iter().enumerate() {
+            let layer = u16::try_from(layer).ok()?;
+            pairs.extend(idx.keys().map(|k| (k, layer)));
+        }
+        pairs.sort_unstable();
+        let mut spans = HashMap::default();
+        let mut layers = Vec::with_capacity(pairs.len());
+        for same in pairs.chunk_by(|a, b| a.0 == b.0) {
+            let start = u32::try_from(layers.len()).ok()?;
+            spans.insert(same[0].0, (start, same.len() as u32));
+            layers.extend(same.iter().map(|&(_, l)| l));
+        }
+        Some(Presence { spans, layers })
+    }
+
+    /// Whether lower layer `layer` holds anything at the path whose key is `key`.
+    pub(super) fn holds(&self, layer: usize, key: u64) -> bool {
+        let Some(&(start, len)) = self.spans.get(&key) else {
+            return false;
+        };
+        let held = &self.layers[start as usize..(start + len) as usize];
+        u16::try_from(layer).is_ok_and(|l| held.contains(&l))
+    }
+}
+
 /// One slot per lower layer, each set once its index is loaded or built (`None` inside: the
 /// layer could not be indexed), and what lookups wait on meanwhile.
 #[derive(Debug)]
 pub(super) struct Indexes {
     slots: Vec<OnceLock<Option<LayerIndex>>>,
+    /// Set once every layer is indexed, on a stack of at least [`PRESENCE_FROM`] layers.
+    presence: OnceLock<Presence>,
     /// Set once waiting is over: the saved indexes are in, or the wait ran out.
     waited: AtomicBool,
     /// Until when lookups wait; `None` before a loader starts (nothing to wait for).
@@ -56,6 +105,7 @@ impl Indexes {
     pub(super) fn new(layers: usize) -> Indexes {
         Indexes {
             slots: (0..layers).map(|_| OnceLock::new()).collect(),
+            presence: OnceLock::new(),
             waited: AtomicBool::new(false),
             wait_until: Mutex::new(None),
             saved_loaded: Condvar::new(),
@@ -96,6 +146,27 @@ impl Indexes {
     pub(super) fn set(&self, layer: usize, idx: Option<LayerIndex>) {
         if let Some(slot) = self.slots.get(layer) {
             let _ = slot.set(idx);
+        }
+    }
+
+    /// The presence map, once there is one.
+    pub(super) fn presence(&self) -> Option<&Presence> {
+        self.presence.get()
+    }
+
+    /// Builds the presence map of a deep stack whose layers are all indexed. Not built when a
+    /// layer could not be indexed: the map would say it holds nothing.
+    pub(super) fn build_presence(&self) {
+        if self.slots.len() < PRESENCE_FROM || self.presence.get().is_some() {
+            return;
+        }
+        let all: Option<Vec<&LayerIndex>> = self
+            .slots
+            .iter()
+            .map(|s| s.get().and_then(Option::as_ref))
+            .collect();
+        if let Some(p) = all.as_deref().and_then(Presence::build) {
+            let _ = self.presence.set(p);
         }
     }
 
@@ -166,6 +237,7 @@ impl Indexes {
             }
             self.set(i, idx);
         }
+        self.build_presence();
         tracing::debug!(layers = count, elapsed = ?started.elapsed(), "layer indexes ready");
     }
 }

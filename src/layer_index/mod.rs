@@ -285,6 +285,7 @@ impl Layers {
             self.indexes
                 .set(i, LayerIndex::load_or_build(&l.root, id, dir));
         }
+        self.indexes.build_presence();
     }
 
     /// What lower layer `layer` holds at `rel`, per its index: `None` when not indexed (yet).
@@ -294,6 +295,13 @@ impl Layers {
 
     /// [`Layers::indexed`] by the path's key, for callers asking many layers about one path.
     fn indexed_key(&self, layer: usize, key: u64) -> Option<u8> {
+        if self
+            .indexes
+            .presence()
+            .is_some_and(|p| !p.holds(layer, key))
+        {
+            return Some(0);
+        }
         Some(self.indexes.get(layer)?.marks_of(key))
     }
 

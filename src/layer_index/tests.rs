@@ -229,3 +229,34 @@ fn lower_positive_is_the_top_most_lower_entry() {
         assert!(!layers.lower_positive(&root, OsStr::new("c")).expect("c"));
     }
 }
+
+#[test]
+fn deep_stacks_answer_the_same_through_the_presence_map() {
+    // 20 lowers: enough for the presence map, which then answers for every layer.
+    let s = build(
+        20,
+        &[
+            ("l19", "d/bottom", File("l19")),
+            ("l19", "d/gone", File("l19")),
+            ("l19", "o/hidden", File("l19")),
+            ("l12", "d/gone", Wh),
+            ("l12", "d/mid", File("l12")),
+            ("l9", "old/f", File("moved")),
+            ("l7", "o", Opq),
+            ("l7", "o/shown", File("l7")),
+            ("l3", "new", Redirect("old")),
+            ("l3", "old", Wh),
+            ("l0", "d/top", File("l0")),
+        ],
+    );
+    assert!(s.indexed.indexes.presence().is_some(), "no presence map");
+    assert!(s.layers.indexes.presence().is_none());
+    assert_eq!(s.names("d"), ["bottom", "mid", "top"]);
+    assert_eq!(s.read("d/bottom").as_deref(), Some("l19"));
+    assert_eq!(s.read("d/gone"), None);
+    assert_eq!(s.names("o"), ["shown"]);
+    assert_eq!(s.read("o/hidden"), None);
+    assert_eq!(s.names(""), ["d", "new", "o"]);
+    assert_eq!(s.read("new/f").as_deref(), Some("moved"));
+    assert_eq!(s.view("d").lowers.len(), 3);
+}
