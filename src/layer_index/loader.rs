@@ -74,13 +74,27 @@ impl Presence {
         Some(Presence { spans, layers })
     }
 
+    /// The lower layers holding anything at the path whose key is `key`, in ascending order.
+    pub(super) fn layers_holding(&self, key: u64) -> Holding<'_> {
+        let held = self.spans.get(&key).map_or(&[][..], |&(start, len)| {
+            &self.layers[start as usize..(start + len) as usize]
+        });
+        Holding(held)
+    }
+
     /// Whether lower layer `layer` holds anything at the path whose key is `key`.
     pub(super) fn holds(&self, layer: usize, key: u64) -> bool {
-        let Some(&(start, len)) = self.spans.get(&key) else {
-            return false;
-        };
-        let held = &self.layers[start as usize..(start + len) as usize];
-        u16::try_from(layer).is_ok_and(|l| held.contains(&l))
+        self.layers_holding(key).contains(layer)
+    }
+}
+
+/// The layers [`Presence`] lists at one path.
+#[derive(Clone, Copy)]
+pub(super) struct Holding<'a>(&'a [u16]);
+
+impl Holding<'_> {
+    pub(super) fn contains(self, layer: usize) -> bool {
+        u16::try_from(layer).is_ok_and(|l| self.0.binary_search(&l).is_ok())
     }
 }
 

@@ -28,7 +28,7 @@ use crate::whiteout;
 
 use index::LayerIndex;
 pub use ino::{origin_of, set_origin, InoMapper, ORIGIN_XATTR_SUFFIX};
-use loader::Indexes;
+use loader::{Indexes, Presence};
 pub use root::{LayerPath, LayerRoot};
 
 /// One layer directory.
@@ -385,7 +385,11 @@ impl Layers {
         }
         // Where the lower layers are to be searched: by default the same name in each lower
         // directory of the parent.
-        let mut cands = candidates(dir.lowers.iter().map(|d| (d.layer, &d.path)), name);
+        let mut cands = candidates(
+            dir.lowers.iter().map(|d| (d.layer, &d.path)),
+            name,
+            self.indexes.presence(),
+        );
         if let (true, Some(upper)) = (dir.in_upper, &self.upper) {
             let updir = upper.join(&dir.path);
             match look(&updir, name, listed.and_then(|l| l.upper.as_ref()))? {
@@ -482,6 +486,7 @@ impl Layers {
                     .filter(|d| below(d.layer))
                     .map(|d| (d.layer, &d.path)),
                 &n,
+                self.indexes.presence(),
             ),
             Redirect::Absolute(p) => {
                 let p: Arc<Path> = Arc::from(p.as_path());
@@ -579,23 +584,29 @@ fn split_name(path: &Path) -> (&Path, &OsStr) {
 type Candidate = (usize, Arc<Path>);
 
 /// `name` in each of the given lower directories. Directories of one merged directory mostly
-/// share their path, so the joined path is shared too rather than built per layer.
+/// share their path, so the joined path is shared too rather than built per layer. With a
+/// presence map, a layer it does not list at that path is left out: on a deep stack most are.
 fn candidates<'a>(
     dirs: impl Iterator<Item = (usize, &'a Arc<Path>)>,
     name: &OsStr,
+    presence: Option<&Presence>,
 ) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::new();
-    let mut last: Option<(&Arc<Path>, Arc<Path>)> = None;
+    let mut last: Option<(&Arc<Path>, Arc<Path>, Option<loader::Holding>)> = None;
     for (layer, dir) in dirs {
-        let joined = match &last {
-            Some((d, j)) if d.as_os_str() == dir.as_os_str() => j.clone(),
-            _ => {
-                let j: Arc<Path> = Arc::from(dir.join(name).as_path());
-                last = Some((dir, j.clone()));
-                j
-            }
-        };
-        out.push((layer, joined));
+        if last
+            .as_ref()
+            .is_none_or(|(d, _, _)| d.as_os_str() != dir.as_os_str())
+        {
+            let joined: Arc<Path> = Arc::from(dir.join(name).as_path());
+            let held = presence.map(|p| p.layers_holding(index::key(&joined)));
+            last = Some((dir, joined, held));
+        }
+        let (_, joined, held) = last.as_ref().expect("set above");
+        if held.is_some_and(|h| !h.contains(layer)) {
+            continue;
+        }
+        out.push((layer, joined.clone()));
     }
     out
 }
