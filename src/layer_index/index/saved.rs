@@ -1,0 +1,441 @@
+//! Saving and loading indexes, and keeping their directory from growing without bound.
+//!
+//! Indexes are saved with bincode under a sha256 of the layer's identity (format version,
+//! path, and the root directory's device, inode and times), loaded when the identity matches,
+//! and rebuilt when the file is missing, stale or corrupt. A saved index ends with a sha256 of
+//! everything before it, so corruption that still decodes is caught too.
+//!
+//! Every layer ever mounted leaves an index behind, and a layer's identity changes whenever its
+//! root does, so the directory would grow without bound. A load brings the file's mtime
+//! forward (at most once a day), and the first index a process builds is saved only after
+//! removing those no mount has used for [`UNUSED_FOR`]: rebuilding one costs a walk of its
+//! layer, once.
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use nix::sys::stat::FileStat;
+use sha2::{Digest, Sha256};
+
+use super::LayerIndex;
+
+/// Bumped whenever the saved format or the meaning of the bits changes.
+const FORMAT: u32 = 2;
+
+/// Length of the sha256 that ends a saved index and covers everything before it.
+const CHECKSUM_LEN: usize = 32;
+
+/// How long an index that no mount has loaded is kept.
+pub const UNUSED_FOR: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// How stale a used index's mtime may get before a load brings it forward: most loads then
+/// write nothing.
+const TOUCH_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How old a file being written aside must be to count as left by a save that died (a save
+/// takes well under a second).
+const ABANDONED_AFTER: Duration = Duration::from_secs(60 * 60);
+
+/// Why an index could not be loaded or saved (building never fails: unreadable parts of a
+/// layer are simply not indexed as absent, see [`LayerIndex::build`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read index {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("index {path} is corrupt")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: bincode::error::DecodeError,
+    },
+    #[error("index {path} does not match its checksum")]
+    Checksum { path: PathBuf },
+    #[error("index {path} belongs to another layer or format")]
+    Stale { path: PathBuf },
+    #[error("cannot write index {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(bincode::Encode, bincode::Decode)]
+struct Saved {
+    format: u32,
+    identity: [u8; 32],
+    marks: Vec<(u64, u8)>,
+}
+
+impl LayerIndex {
+    /// The identity an index of the layer at `root` is saved under.
+    pub fn identity(root: &Path) -> std::io::Result<[u8; 32]> {
+        let canon = root.canonicalize()?;
+        let st = crate::layer_index::lstat(&canon)?;
+        Ok(Self::identity_of(&canon, &st))
+    }
+
+    /// [`LayerIndex::identity`] of the root whose canonical path is `canon` and whose
+    /// attributes are `st`.
+    pub fn identity_of(canon: &Path, st: &FileStat) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(FORMAT.to_le_bytes());
+        h.update(canon.as_os_str().as_bytes());
+        for v in [st.st_dev, st.st_ino] {
+            h.update(v.to_le_bytes());
+        }
+        for v in [st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec] {
+            h.update(v.to_le_bytes());
+        }
+        h.finalize().into()
+    }
+
+    /// Loads the saved index of identity `id` from `dir`.
+    pub fn load(dir: &Path, id: &[u8; 32]) -> Result<LayerIndex, Error> {
+        Self::open_saved(dir, id)?.load(id)
+    }
+
+    /// Opens the index saved under identity `id` in `dir` and has the kernel start reading it
+    /// in without waiting (`POSIX_FADV_WILLNEED`). A caller that opens the next indexes before
+    /// loading this one lets a cold disk serve all their reads together: 100 saved indexes then
+    /// load in one wait for the disk rather than one after another.
+    pub fn open_saved(dir: &Path, id: &[u8; 32]) -> Result<SavedIndex, Error> {
+        use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+        let path = file_of(dir, id);
+        match std::fs::File::open(&path) {
+            Ok(file) => {
+                // Only advice: a file system without readahead reads it when loaded.
+                let _ = posix_fadvise(&file, 0, 0, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+                Ok(SavedIndex { path, file })
+            }
+            Err(source) => Err(Error::Read { path, source }),
+        }
+    }
+
+    /// Saves the index under identity `id` in `dir` (written aside, then renamed into place).
+    pub fn save(&self, dir: &Path, id: &[u8; 32]) -> Result<(), Error> {
+        let path = file_of(dir, id);
+        let write = |source| Error::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(write)?;
+        let saved = Saved {
+            format: FORMAT,
+            identity: *id,
+            marks: self.marks.iter().map(|(k, v)| (*k, *v)).collect(),
+        };
+        let mut bytes = bincode::encode_to_vec(&saved, bincode::config::standard())
+            .expect("encoding plain integers into memory cannot fail");
+        let checksum = Sha256::digest(&bytes);
+        bytes.extend_from_slice(&checksum);
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes).map_err(write)?;
+        std::fs::rename(&tmp, &path).map_err(write)
+    }
+
+    /// The index of the layer at `root` whose identity is `id`: loaded from `dir` when a
+    /// valid one is saved there, else built (and saved, when `dir` is writable).
+    pub fn load_or_build(
+        root: &Path,
+        id: Option<[u8; 32]>,
+        dir: Option<&Path>,
+    ) -> Option<LayerIndex> {
+        if let (Some(dir), Some(id)) = (dir, &id) {
+            match Self::load(dir, id) {
+                Ok(idx) => return Some(idx),
+                Err(Error::Read { .. }) => {}
+                Err(e) => tracing::info!(error = %e, layer = %root.display(), "rebuilding index"),
+            }
+        }
+        Self::build_and_save(root, id, dir)
+    }
+
+    /// [`LayerIndex::load_or_build`] when no valid index is saved: builds it, and saves it
+    /// under `id` in `dir` when both are known.
+    pub fn build_and_save(
+        root: &Path,
+        id: Option<[u8; 32]>,
+        dir: Option<&Path>,
+    ) -> Option<LayerIndex> {
+        let idx = Self::build(root)?;
+        if let (Some(dir), Some(id)) = (dir, &id) {
+            // Once per process: a mount that builds a hundred indexes sweeps once.
+            static SWEPT: std::sync::Once = std::sync::Once::new();
+            SWEPT.call_once(|| {
+                let removed = remove_unused(dir, SystemTime::now());
+                tracing::debug!(removed, dir = %dir.display(), "removed unused indexes");
+            });
+            if let Err(e) = idx.save(dir, id) {
+                tracing::debug!(error = %e, "index not saved");
+            }
+        }
+        Some(idx)
+    }
+}
+
+/// Removes from `dir` the indexes whose mtime is more than [`UNUSED_FOR`] before `now`, and
+/// files written aside by saves that died; returns how many went. Best effort: anything that
+/// cannot be read or removed stays, and other files are never touched.
+pub fn remove_unused(dir: &Path, now: SystemTime) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.as_bytes();
+        let keep_for = if name.ends_with(b".idx") {
+            UNUSED_FOR
+        } else if is_written_aside(name) {
+            ABANDONED_AFTER
+        } else {
+            continue;
+        };
+        let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
+            continue;
+        };
+        let old = now.duration_since(modified).is_ok_and(|age| age > keep_for);
+        if old && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Whether `name` is that of a file [`LayerIndex::save`] writes before renaming it into place
+/// (`<hex>.tmp<pid>`).
+fn is_written_aside(name: &[u8]) -> bool {
+    name.iter().position(|&b| b == b'.').is_some_and(|dot| {
+        let rest = &name[dot + 1..];
+        rest.strip_prefix(b"tmp")
+            .is_some_and(|pid| !pid.is_empty() && pid.iter().all(u8::is_ascii_digit))
+    })
+}
+
+/// A saved index, open and being read in (see [`LayerIndex::open_saved`]).
+#[derive(Debug)]
+pub struct SavedIndex {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl SavedIndex {
+    /// Reads and checks the index, which must be saved under identity `id`.
+    pub fn load(mut self, id: &[u8; 32]) -> Result<LayerIndex, Error> {
+        use std::io::Read;
+        let path = self.path;
+        // The file is not trusted: lengths inside it must not make the decoder allocate more
+        // than the file could hold (each entry takes at least two bytes).
+        const MAX: usize = 64 << 20;
+        let read_err = |source| Error::Read {
+            path: path.clone(),
+            source,
+        };
+        // Read at its size, in one call; a file that changes meanwhile fails the checksum.
+        let meta = self.file.metadata().map_err(read_err)?;
+        let len = meta.len();
+        if len > MAX as u64 {
+            return Err(Error::Stale { path });
+        }
+        let mut bytes = vec![0; len as usize];
+        self.file.read_exact(&mut bytes).map_err(read_err)?;
+        let limit = bincode::config::standard().with_limit::<MAX>();
+        // A file that decodes is not yet a sound one (a flipped bit in a mark decodes fine):
+        // only a file whose checksum matches and which decodes to its last byte is used.
+        let body = match bytes.len().checked_sub(CHECKSUM_LEN) {
+            Some(n) if Sha256::digest(&bytes[..n])[..] == bytes[n..] => &bytes[..n],
+            _ => return Err(Error::Checksum { path }),
+        };
+        let (saved, used): (Saved, usize) =
+            bincode::decode_from_slice(body, limit).map_err(|source| Error::Corrupt {
+                path: path.clone(),
+                source,
+            })?;
+        if used != body.len() || saved.format != FORMAT || saved.identity != *id {
+            return Err(Error::Stale { path });
+        }
+        mark_used(&self.file, &meta);
+        Ok(LayerIndex {
+            marks: saved.marks.into_iter().collect(),
+        })
+    }
+}
+
+/// Brings a loaded index's mtime forward when it is older than [`TOUCH_AFTER`], so that
+/// [`remove_unused`] keeps it. Best effort: an index that cannot be touched is rebuilt once it
+/// has gone.
+fn mark_used(file: &std::fs::File, meta: &std::fs::Metadata) {
+    let now = SystemTime::now();
+    let stale = meta
+        .modified()
+        .is_ok_and(|m| now.duration_since(m).is_ok_and(|age| age > TOUCH_AFTER));
+    if stale {
+        if let Err(e) = file.set_modified(now) {
+            tracing::debug!(error = %e, "index mtime not brought forward");
+        }
+    }
+}
+
+fn file_of(dir: &Path, id: &[u8; 32]) -> PathBuf {
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    dir.join(format!("{hex}.idx"))
+}
+
+/// Where indexes are kept unless told otherwise: `$UNIONFS_INDEX_DIR`, else the system cache
+/// for root (`/var/cache/unionfs/index`) or the user's (`$XDG_CACHE_HOME` or `~/.cache`).
+pub fn default_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("UNIONFS_INDEX_DIR") {
+        return (!d.is_empty()).then(|| PathBuf::from(d));
+    }
+    if nix::unistd::geteuid().is_root() {
+        return Some(PathBuf::from("/var/cache/unionfs/index"));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
+    Some(base.join("unionfs").join("index"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer_index::index::tests::layer;
+
+    #[test]
+    fn saved_index_round_trips_and_bad_ones_are_refused() {
+        let d = layer();
+        let cache = tempfile::tempdir().expect("cache");
+        let id = LayerIndex::identity(d.path()).expect("identity");
+        let idx = LayerIndex::build(d.path()).expect("build");
+        idx.save(cache.path(), &id).expect("save");
+        let back = LayerIndex::load(cache.path(), &id).expect("load");
+        assert_eq!(back.marks, idx.marks);
+
+        let other = [7u8; 32];
+        std::fs::copy(file_of(cache.path(), &id), file_of(cache.path(), &other)).expect("copy");
+        assert!(matches!(
+            LayerIndex::load(cache.path(), &other),
+            Err(Error::Stale { .. })
+        ));
+        let good = std::fs::read(file_of(cache.path(), &id)).expect("read");
+        let mut flipped = good.clone();
+        flipped[40] ^= 1;
+        for bad in [
+            b"\x01\x02garbage".to_vec(),
+            flipped,
+            good[..good.len() - 1].to_vec(),
+        ] {
+            std::fs::write(file_of(cache.path(), &id), bad).expect("corrupt");
+            assert!(matches!(
+                LayerIndex::load(cache.path(), &id),
+                Err(Error::Checksum { .. })
+            ));
+        }
+        let rebuilt =
+            LayerIndex::load_or_build(d.path(), Some(id), Some(cache.path())).expect("rebuild");
+        assert_eq!(rebuilt.marks, idx.marks);
+        assert!(
+            LayerIndex::load(cache.path(), &id).is_ok(),
+            "rebuilt index was saved"
+        );
+    }
+
+    fn set_mtime(p: &Path, t: SystemTime) {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .and_then(|f| f.set_modified(t))
+            .expect("set mtime");
+    }
+
+    fn mtime(p: &Path) -> SystemTime {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .expect("mtime")
+    }
+
+    const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+    #[test]
+    fn unused_indexes_and_abandoned_saves_are_removed() {
+        let cache = tempfile::tempdir().expect("cache");
+        let now = SystemTime::now();
+        let files = [
+            ("old.idx", now - UNUSED_FOR - DAY, false),
+            ("recent.idx", now - UNUSED_FOR + DAY, true),
+            ("abc.tmp123", now - 2 * ABANDONED_AFTER, false),
+            ("abd.tmp124", now, true),
+            ("abe.tmpx", now - UNUSED_FOR - DAY, true),
+            ("notes.txt", now - UNUSED_FOR - DAY, true),
+        ];
+        for (name, t, _) in files {
+            let p = cache.path().join(name);
+            std::fs::write(&p, b"x").expect("write");
+            set_mtime(&p, t);
+        }
+        assert_eq!(remove_unused(cache.path(), now), 2);
+        for (name, _, kept) in files {
+            assert_eq!(cache.path().join(name).exists(), kept, "{name}");
+        }
+        assert_eq!(remove_unused(&cache.path().join("none"), now), 0);
+    }
+
+    #[test]
+    fn loading_an_index_marks_it_used() {
+        let d = layer();
+        let cache = tempfile::tempdir().expect("cache");
+        let id = LayerIndex::identity(d.path()).expect("identity");
+        LayerIndex::build(d.path())
+            .expect("build")
+            .save(cache.path(), &id)
+            .expect("save");
+        let saved = file_of(cache.path(), &id);
+        // Touched at most once a day: a load within the day writes nothing.
+        let recent = SystemTime::now() - TOUCH_AFTER / 2;
+        set_mtime(&saved, recent);
+        LayerIndex::load(cache.path(), &id).expect("load");
+        assert_eq!(mtime(&saved), recent);
+        let old = SystemTime::now() - UNUSED_FOR + DAY;
+        set_mtime(&saved, old);
+        LayerIndex::load(cache.path(), &id).expect("load");
+        assert!(
+            mtime(&saved) > SystemTime::now() - TOUCH_AFTER,
+            "brought forward"
+        );
+        assert_eq!(remove_unused(cache.path(), SystemTime::now() + DAY), 0);
+    }
+
+    #[test]
+    fn identity_changes_with_the_layer_root() {
+        let d = layer();
+        let before = LayerIndex::identity(d.path()).expect("identity");
+        std::fs::write(d.path().join("new"), "x").expect("change");
+        assert_ne!(before, LayerIndex::identity(d.path()).expect("identity"));
+    }
+
+    #[test]
+    fn identity_from_the_held_root_matches_the_path() {
+        // The mount computes identities from the layer root it holds open; an index saved
+        // under the path's identity must be found that way too.
+        let d = layer();
+        let link = tempfile::tempdir().expect("tempdir");
+        let through = link.path().join("layer");
+        std::os::unix::fs::symlink(d.path(), &through).expect("symlink");
+        let held = crate::layer_index::LayerRoot::open(d.path()).expect("open");
+        let canon = held.canonical().expect("canonical");
+        let by_fd = LayerIndex::identity_of(&canon, &held.stat().expect("stat"));
+        assert_eq!(by_fd, LayerIndex::identity(d.path()).expect("identity"));
+        assert_eq!(by_fd, LayerIndex::identity(&through).expect("identity"));
+    }
+}
