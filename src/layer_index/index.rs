@@ -11,7 +11,7 @@
 //! view shows; only a layer changed after it was indexed could be misread, and layers must not
 //! change while mounted (as overlayfs also requires).
 //!
-//! Indexes are saved, loaded and swept by [`saved`]; loading and building run in the
+//! Indexes are saved, loaded and swept by `index/saved.rs`; loading and building run in the
 //! background after mount (see `loader.rs`).
 
 use std::collections::HashMap;
@@ -23,7 +23,10 @@ use crate::whiteout;
 
 mod saved;
 
-pub use saved::{default_dir, remove_unused, Error, SavedIndex, UNUSED_FOR};
+pub use saved::{
+    default_dir, mark_layers_used, remove_unused, save_stack, saved_path, stack_identity, Error,
+    SavedIndex, UNUSED_FOR,
+};
 
 pub const DIR: u8 = 1;
 pub const WHITEOUT: u8 = 2;

@@ -5,6 +5,12 @@
 //! and rebuilt when the file is missing, stale or corrupt. A saved index ends with a sha256 of
 //! everything before it, so corruption that still decodes is caught too.
 //!
+//! A deep stack (see `loader.rs`) also saves all its layers' indexes in one file, under a
+//! sha256 of their identities in order ([`stack_identity`]). After the caches are dropped,
+//! opening 100 small files in the index directory took 15 to 26 ms, most of it reading
+//! directory and inode blocks one after another; the stack's file is one open. Each layer's
+//! own file is still saved, for other stacks that share the layer.
+//!
 //! Every layer ever mounted leaves an index behind, and a layer's identity changes whenever its
 //! root does, so the directory would grow without bound. A load brings the file's mtime
 //! forward (at most once a day), and the first index a process builds is saved only after
@@ -22,10 +28,15 @@ use sha2::{Digest, Sha256};
 use super::LayerIndex;
 
 /// Bumped whenever the saved format or the meaning of the bits changes.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// Length of the sha256 that ends a saved index and covers everything before it.
 const CHECKSUM_LEN: usize = 32;
+
+/// The largest saved file read or written. The file is not trusted: lengths inside it must
+/// not make the decoder allocate more than the file could hold (each entry takes at least two
+/// bytes).
+const MAX_SAVED: usize = 64 << 20;
 
 /// How long an index that no mount has loaded is kept.
 pub const UNUSED_FOR: Duration = Duration::from_secs(30 * 24 * 60 * 60);
@@ -58,6 +69,8 @@ pub enum Error {
     Checksum { path: PathBuf },
     #[error("index {path} belongs to another layer or format")]
     Stale { path: PathBuf },
+    #[error("index {path} would be larger than {MAX_SAVED} bytes")]
+    TooLarge { path: PathBuf },
     #[error("cannot write index {path}")]
     Write {
         path: PathBuf,
@@ -66,9 +79,17 @@ pub enum Error {
     },
 }
 
+/// A saved file: one layer's index under the layer's identity, or the indexes of every layer
+/// of a deep stack under the stack's.
 #[derive(bincode::Encode, bincode::Decode)]
 struct Saved {
     format: u32,
+    identity: [u8; 32],
+    layers: Vec<SavedLayer>,
+}
+
+#[derive(bincode::Encode, bincode::Decode)]
+struct SavedLayer {
     identity: [u8; 32],
     marks: Vec<(u64, u8)>,
 }
@@ -101,6 +122,14 @@ impl LayerIndex {
         Self::open_saved(dir, id)?.load(id)
     }
 
+    /// Loads from `dir` the indexes [`save_stack`] saved for the layers whose identities are
+    /// `layers`, in that order. Also says whether this load marked the file used, which it
+    /// does at most once a day (see [`remove_unused`]).
+    pub fn load_stack(dir: &Path, layers: &[[u8; 32]]) -> Result<(Vec<LayerIndex>, bool), Error> {
+        let id = stack_identity(layers);
+        Self::open_saved(dir, &id)?.load_layers(&id, layers)
+    }
+
     /// Opens the index saved under identity `id` in `dir` and has the kernel start reading it
     /// in without waiting (`POSIX_FADV_WILLNEED`). A caller that opens the next indexes before
     /// loading this one lets a cold disk serve all their reads together: 100 saved indexes then
@@ -120,28 +149,7 @@ impl LayerIndex {
 
     /// Saves the index under identity `id` in `dir` (written aside, then renamed into place).
     pub fn save(&self, dir: &Path, id: &[u8; 32]) -> Result<(), Error> {
-        let path = file_of(dir, id);
-        let write = |source| Error::Write {
-            path: path.clone(),
-            source,
-        };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(write)?;
-        let saved = Saved {
-            format: FORMAT,
-            identity: *id,
-            marks: self.marks.iter().map(|(k, v)| (*k, *v)).collect(),
-        };
-        let mut bytes = bincode::encode_to_vec(&saved, bincode::config::standard())
-            .expect("encoding plain integers into memory cannot fail");
-        let checksum = Sha256::digest(&bytes);
-        bytes.extend_from_slice(&checksum);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, bytes).map_err(write)?;
-        std::fs::rename(&tmp, &path).map_err(write)
+        write_saved(dir, id, &[(*id, self)])
     }
 
     /// The index of the layer at `root` whose identity is `id`: loaded from `dir` when a
@@ -181,6 +189,73 @@ impl LayerIndex {
             }
         }
         Some(idx)
+    }
+}
+
+/// Saves in `dir` the indexes of a whole stack, each with its layer's identity, top-most
+/// first, in one file under the stack's identity ([`stack_identity`]).
+pub fn save_stack(dir: &Path, layers: &[([u8; 32], &LayerIndex)]) -> Result<(), Error> {
+    let ids: Vec<[u8; 32]> = layers.iter().map(|(id, _)| *id).collect();
+    write_saved(dir, &stack_identity(&ids), layers)
+}
+
+/// The identity a stack's indexes are saved under: that of its layers' identities, in order.
+pub fn stack_identity(layers: &[[u8; 32]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(FORMAT.to_le_bytes());
+    h.update(b"stack");
+    for id in layers {
+        h.update(id);
+    }
+    h.finalize().into()
+}
+
+/// Writes `layers` to the file for identity `id` in `dir`: written aside, then renamed into
+/// place.
+fn write_saved(dir: &Path, id: &[u8; 32], layers: &[([u8; 32], &LayerIndex)]) -> Result<(), Error> {
+    let path = file_of(dir, id);
+    let write = |source| Error::Write {
+        path: path.clone(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(write)?;
+    let saved = Saved {
+        format: FORMAT,
+        identity: *id,
+        layers: layers
+            .iter()
+            .map(|(identity, idx)| SavedLayer {
+                identity: *identity,
+                marks: idx.marks.iter().map(|(k, v)| (*k, *v)).collect(),
+            })
+            .collect(),
+    };
+    let mut bytes = bincode::encode_to_vec(&saved, bincode::config::standard())
+        .expect("encoding plain integers into memory cannot fail");
+    let checksum = Sha256::digest(&bytes);
+    bytes.extend_from_slice(&checksum);
+    if bytes.len() > MAX_SAVED {
+        return Err(Error::TooLarge { path });
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(write)?;
+    std::fs::rename(&tmp, &path).map_err(write)
+}
+
+/// Marks the saved indexes of `layers` in `dir` used, as loading each would. A stack whose
+/// own file was just marked used does so for its layers' files, which it does not read:
+/// another stack sharing a layer still finds that layer's index.
+pub fn mark_layers_used(dir: &Path, layers: &[[u8; 32]]) {
+    let now = SystemTime::now();
+    for id in layers {
+        let touched = std::fs::File::open(file_of(dir, id)).and_then(|f| f.set_modified(now));
+        if let Err(e) = touched {
+            tracing::debug!(error = %e, "layer index not marked used");
+        }
     }
 }
 
@@ -232,12 +307,23 @@ pub struct SavedIndex {
 
 impl SavedIndex {
     /// Reads and checks the index, which must be saved under identity `id`.
-    pub fn load(mut self, id: &[u8; 32]) -> Result<LayerIndex, Error> {
+    pub fn load(self, id: &[u8; 32]) -> Result<LayerIndex, Error> {
+        let (mut one, _) = self.load_layers(id, std::slice::from_ref(id))?;
+        Ok(one
+            .pop()
+            .expect("a file holding exactly one layer was checked for"))
+    }
+
+    /// Reads and checks a file saved under identity `id` that must hold the indexes of the
+    /// layers whose identities are `layers`, in that order. Also says whether this load marked
+    /// the file used ([`mark_used`]).
+    fn load_layers(
+        mut self,
+        id: &[u8; 32],
+        layers: &[[u8; 32]],
+    ) -> Result<(Vec<LayerIndex>, bool), Error> {
         use std::io::Read;
         let path = self.path;
-        // The file is not trusted: lengths inside it must not make the decoder allocate more
-        // than the file could hold (each entry takes at least two bytes).
-        const MAX: usize = 64 << 20;
         let read_err = |source| Error::Read {
             path: path.clone(),
             source,
@@ -245,12 +331,12 @@ impl SavedIndex {
         // Read at its size, in one call; a file that changes meanwhile fails the checksum.
         let meta = self.file.metadata().map_err(read_err)?;
         let len = meta.len();
-        if len > MAX as u64 {
+        if len > MAX_SAVED as u64 {
             return Err(Error::Stale { path });
         }
         let mut bytes = vec![0; len as usize];
         self.file.read_exact(&mut bytes).map_err(read_err)?;
-        let limit = bincode::config::standard().with_limit::<MAX>();
+        let limit = bincode::config::standard().with_limit::<MAX_SAVED>();
         // A file that decodes is not yet a sound one (a flipped bit in a mark decodes fine):
         // only a file whose checksum matches and which decodes to its last byte is used.
         let body = match bytes.len().checked_sub(CHECKSUM_LEN) {
@@ -262,29 +348,50 @@ impl SavedIndex {
                 path: path.clone(),
                 source,
             })?;
-        if used != body.len() || saved.format != FORMAT || saved.identity != *id {
+        let same_layers = saved.layers.len() == layers.len()
+            && saved
+                .layers
+                .iter()
+                .zip(layers)
+                .all(|(s, l)| s.identity == *l);
+        if used != body.len() || saved.format != FORMAT || saved.identity != *id || !same_layers {
             return Err(Error::Stale { path });
         }
-        mark_used(&self.file, &meta);
-        Ok(LayerIndex {
-            marks: saved.marks.into_iter().collect(),
-        })
+        let marked = mark_used(&self.file, &meta);
+        let indexes = saved
+            .layers
+            .into_iter()
+            .map(|l| LayerIndex {
+                marks: l.marks.into_iter().collect(),
+            })
+            .collect();
+        Ok((indexes, marked))
     }
 }
 
 /// Brings a loaded index's mtime forward when it is older than [`TOUCH_AFTER`], so that
-/// [`remove_unused`] keeps it. Best effort: an index that cannot be touched is rebuilt once it
-/// has gone.
-fn mark_used(file: &std::fs::File, meta: &std::fs::Metadata) {
+/// [`remove_unused`] keeps it; true when it did. Best effort: an index that cannot be touched
+/// is rebuilt once it has gone.
+fn mark_used(file: &std::fs::File, meta: &std::fs::Metadata) -> bool {
     let now = SystemTime::now();
     let stale = meta
         .modified()
         .is_ok_and(|m| now.duration_since(m).is_ok_and(|age| age > TOUCH_AFTER));
-    if stale {
-        if let Err(e) = file.set_modified(now) {
+    if !stale {
+        return false;
+    }
+    match file.set_modified(now) {
+        Ok(()) => true,
+        Err(e) => {
             tracing::debug!(error = %e, "index mtime not brought forward");
+            false
         }
     }
+}
+
+/// Where the index (or stack's indexes) of identity `id` is saved in `dir`.
+pub fn saved_path(dir: &Path, id: &[u8; 32]) -> PathBuf {
+    file_of(dir, id)
 }
 
 fn file_of(dir: &Path, id: &[u8; 32]) -> PathBuf {
@@ -414,6 +521,86 @@ mod tests {
             "brought forward"
         );
         assert_eq!(remove_unused(cache.path(), SystemTime::now() + DAY), 0);
+    }
+
+    #[test]
+    fn a_stack_file_holds_its_layers_in_order() {
+        let dirs = [layer(), layer()];
+        std::fs::write(dirs[1].path().join("only-here"), "x").expect("file");
+        let cache = tempfile::tempdir().expect("cache");
+        let ids: Vec<_> = dirs
+            .iter()
+            .map(|d| LayerIndex::identity(d.path()).expect("identity"))
+            .collect();
+        let built: Vec<_> = dirs
+            .iter()
+            .map(|d| LayerIndex::build(d.path()).expect("build"))
+            .collect();
+        let pairs: Vec<_> = ids.iter().copied().zip(&built).collect();
+        save_stack(cache.path(), &pairs).expect("save");
+        let (back, _) = LayerIndex::load_stack(cache.path(), &ids).expect("load");
+        assert_eq!(back.len(), 2);
+        for (b, i) in back.iter().zip(&built) {
+            assert_eq!(b.marks, i.marks);
+        }
+        assert_ne!(back[0].marks, back[1].marks, "layers kept apart");
+        // Another order or another set of layers is another stack, whose file this is not.
+        let swapped = [ids[1], ids[0]];
+        assert!(matches!(
+            LayerIndex::load_stack(cache.path(), &swapped),
+            Err(Error::Read { .. })
+        ));
+        let stack = stack_identity(&ids);
+        std::fs::copy(
+            file_of(cache.path(), &stack),
+            file_of(cache.path(), &stack_identity(&swapped)),
+        )
+        .expect("copy");
+        assert!(matches!(
+            LayerIndex::load_stack(cache.path(), &swapped),
+            Err(Error::Stale { .. })
+        ));
+        // A file under the stack's identity must list the stack's layers, in order.
+        let reordered = [(ids[1], &built[1]), (ids[0], &built[0])];
+        write_saved(cache.path(), &stack, &reordered).expect("save");
+        assert!(matches!(
+            LayerIndex::load_stack(cache.path(), &ids),
+            Err(Error::Stale { .. })
+        ));
+        // As a layer's file, it holds the wrong number of layers.
+        std::fs::copy(
+            file_of(cache.path(), &stack),
+            file_of(cache.path(), &ids[0]),
+        )
+        .expect("copy");
+        assert!(matches!(
+            LayerIndex::load(cache.path(), &ids[0]),
+            Err(Error::Stale { .. })
+        ));
+    }
+
+    #[test]
+    fn loading_an_old_stack_file_marks_its_layers_used() {
+        let d = layer();
+        let cache = tempfile::tempdir().expect("cache");
+        let id = LayerIndex::identity(d.path()).expect("identity");
+        let idx = LayerIndex::build(d.path()).expect("build");
+        idx.save(cache.path(), &id).expect("save");
+        save_stack(cache.path(), &[(id, &idx)]).expect("save");
+        let (layer_file, stack_file) = (
+            file_of(cache.path(), &id),
+            file_of(cache.path(), &stack_identity(&[id])),
+        );
+        let old = SystemTime::now() - UNUSED_FOR + DAY;
+        set_mtime(&stack_file, old);
+        set_mtime(&layer_file, old);
+        let (_, marked) = LayerIndex::load_stack(cache.path(), &[id]).expect("load");
+        assert!(marked, "an old stack file is marked used");
+        assert!(mtime(&stack_file) > SystemTime::now() - TOUCH_AFTER);
+        mark_layers_used(cache.path(), &[id]);
+        assert!(mtime(&layer_file) > SystemTime::now() - TOUCH_AFTER);
+        let (_, marked) = LayerIndex::load_stack(cache.path(), &[id]).expect("load");
+        assert!(!marked, "marked at most once a day");
     }
 
     #[test]
