@@ -42,6 +42,57 @@ fn mkdir_after_rmdir_of_a_held_directory_accepts_entries() {
     eprintln!("upper reused the removed directory's inode number in {reused} of 50 rounds");
 }
 
+/// An upper written in the AUFS format (docker's aufs driver keeps a container's changes so)
+/// hides a lower name with a `.wh.<name>` file beside it, leaving the name itself free. Names
+/// created over such markers were built aside and swapped into place as if a whiteout stood
+/// at the name: `mkdir` failed with ENOENT. Each must now work, and what the markers hide
+/// must stay hidden.
+#[test]
+fn create_over_an_aufs_marker_in_the_upper() {
+    if !common::can_mount("create_over_an_aufs_marker_in_the_upper") {
+        return;
+    }
+    let s = Stack::new(1);
+    std::fs::create_dir(s.lowers[0].join("dir")).expect("mkdir lower");
+    std::fs::write(s.lowers[0].join("dir/old"), b"lower").expect("write lower");
+    std::fs::write(s.lowers[0].join("file"), b"lower").expect("write lower");
+    std::fs::create_dir(s.lowers[0].join("moved")).expect("mkdir lower");
+    std::fs::write(s.lowers[0].join("moved/old"), b"lower").expect("write lower");
+    for name in ["dir", "file", "moved"] {
+        std::fs::write(s.upper.join(format!(".wh.{name}")), b"").expect("marker");
+    }
+    let _m = s.mount_unionfs();
+    let names = |d: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(names(&s.mnt).is_empty(), "markers hide the lower names");
+    std::fs::create_dir(s.mnt.join("dir")).expect("mkdir over a marker");
+    assert!(
+        names(&s.mnt.join("dir")).is_empty(),
+        "the lower dir stays hidden"
+    );
+    std::fs::write(s.mnt.join("file"), b"new").expect("create over a marker");
+    assert_eq!(std::fs::read(s.mnt.join("file")).expect("read"), b"new");
+    std::fs::create_dir(s.mnt.join("made")).expect("mkdir");
+    std::fs::rename(s.mnt.join("made"), s.mnt.join("moved")).expect("rename over a marker");
+    assert!(
+        names(&s.mnt.join("moved")).is_empty(),
+        "the lower dir stays hidden"
+    );
+    std::fs::hard_link(s.mnt.join("file"), s.mnt.join("link")).expect("link");
+    assert_eq!(names(&s.mnt), ["dir", "file", "link", "moved"]);
+    // Removed again, each name must be hidden once more.
+    std::fs::remove_dir(s.mnt.join("dir")).expect("rmdir");
+    std::fs::remove_dir(s.mnt.join("moved")).expect("rmdir");
+    std::fs::remove_file(s.mnt.join("file")).expect("unlink");
+    assert_eq!(names(&s.mnt), ["link"]);
+}
+
 /// Found by `cargo xtask bench` once its uppers moved to a file system of their own: copy-up
 /// used only `copy_file_range`, which the kernel refuses between two file systems (EXDEV), so
 /// every write to a lower file failed when the upper was not on the lowers' file system, as

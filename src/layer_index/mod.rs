@@ -109,7 +109,9 @@ pub struct LowerObj {
 pub struct Resolved {
     /// The upper object at the name (never a whiteout).
     pub upper: Option<FileStat>,
-    /// The upper holds a whiteout at the name.
+    /// The upper holds an overlayfs whiteout at the name, which a new object there replaces.
+    /// (An AUFS marker `.wh.<name>` in the upper leaves the name free: nothing is resolved,
+    /// and nothing replaced.)
     pub upper_whiteout: bool,
     /// The top-most visible lower object (the copy-up source; for a directory the top lower).
     pub lower: Option<LowerObj>,
@@ -179,7 +181,11 @@ pub fn is_dir(st: &FileStat) -> bool {
 /// What one layer shows at one name.
 enum Seen {
     Nothing,
+    /// An overlayfs whiteout: a character device 0/0 at the name itself.
     Whiteout,
+    /// An AUFS/OCI marker `.wh.<name>` beside the name: it hides the name in the layers
+    /// below, and leaves the name itself free in this one.
+    Marker,
     Object(FileStat),
 }
 
@@ -187,27 +193,25 @@ enum Seen {
 /// skip the stat of names a layer does not have.
 type Names = std::collections::HashSet<OsString>;
 
-/// Looks at `dir/name` in one layer, reading both whiteout formats. `listed`, when given, is
-/// that directory's names as just read.
-fn look(dir: &LayerPath, name: &OsStr, listed: Option<&Names>) -> nix::Result<Seen> {
+/// Looks at `dir/name` in one layer, reading both whiteout formats; an AUFS marker only when
+/// `markers` (there are layers below for it to hide). `listed`, when given, is that
+/// directory's names as just read.
+fn look(dir: &LayerPath, name: &OsStr, listed: Option<&Names>, markers: bool) -> nix::Result<Seen> {
     if whiteout::is_aufs_marker(name) {
         return Ok(Seen::Nothing);
     }
     if let Some(names) = listed {
         if !names.contains(name) {
-            let marker = whiteout::aufs_whiteout_name(name);
-            return Ok(if names.contains(&marker) {
-                Seen::Whiteout
-            } else {
-                Seen::Nothing
-            });
+            let marked = markers && names.contains(&whiteout::aufs_whiteout_name(name));
+            return Ok(if marked { Seen::Marker } else { Seen::Nothing });
         }
     }
     match lstat_opt(&dir.child(name))? {
         Some(st) if whiteout::is_overlay_whiteout(&st) => Ok(Seen::Whiteout),
         Some(st) => Ok(Seen::Object(st)),
+        None if !markers => Ok(Seen::Nothing),
         None => match lstat_opt(&dir.child(&whiteout::aufs_whiteout_name(name))) {
-            Ok(Some(_)) => Ok(Seen::Whiteout),
+            Ok(Some(_)) => Ok(Seen::Marker),
             // No marker can exist for a name too long to carry the `.wh.` prefix.
             Ok(None) | Err(Errno::ENAMETOOLONG) => Ok(Seen::Nothing),
             Err(e) => Err(e),
@@ -392,11 +396,15 @@ impl Layers {
         );
         if let (true, Some(upper)) = (dir.in_upper, &self.upper) {
             let updir = upper.join(&dir.path);
-            match look(&updir, name, listed.and_then(|l| l.upper.as_ref()))? {
+            // A marker hides only what the candidates below would show.
+            let names = listed.and_then(|l| l.upper.as_ref());
+            match look(&updir, name, names, !cands.is_empty())? {
                 Seen::Whiteout => {
                     r.upper_whiteout = true;
                     return Ok(r);
                 }
+                // Nothing to show, and the name is free: nothing there needs replacing.
+                Seen::Marker => return Ok(r),
                 Seen::Nothing => {}
                 Seen::Object(st) => {
                     let path = updir.child(name);
@@ -433,10 +441,10 @@ impl Layers {
             let (parent, name) = split_name(&path);
             let pdir = self.lowers[layer].join(parent);
             let names = listed.and_then(|l| l.lower(layer, &path));
-            let seen = look(&pdir, name, names)?;
+            let seen = look(&pdir, name, names, true)?;
             let st = match seen {
                 Seen::Nothing => continue,
-                Seen::Whiteout => break,
+                Seen::Whiteout | Seen::Marker => break,
                 Seen::Object(st) => st,
             };
             let have_dir = r.is_dir() || !r.lower_dirs.is_empty();
@@ -505,9 +513,9 @@ impl Layers {
             if self.indexed(d.layer, &d.path.join(name)) == Some(0) {
                 continue;
             }
-            match look(&self.lowers[d.layer].join(&d.path), name, None)? {
+            match look(&self.lowers[d.layer].join(&d.path), name, None, true)? {
                 Seen::Nothing => continue,
-                Seen::Whiteout => return Ok(false),
+                Seen::Whiteout | Seen::Marker => return Ok(false),
                 Seen::Object(_) => return Ok(true),
             }
         }
