@@ -348,12 +348,17 @@ mod tests {
         layers
             .indexes
             .start(to_index, Some(cache.to_path_buf()), Duration::from_secs(10));
+        eventually("indexes not ready", || layers.indexes.presence().is_some());
+        layers
+    }
+
+    /// Waits for `done` to hold, failing with `what` after 10 s.
+    fn eventually(what: &str, done: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while layers.indexes.presence().is_none() {
-            assert!(Instant::now() < deadline, "indexes not ready after 10 s");
+        while !done() {
+            assert!(Instant::now() < deadline, "{what} after 10 s");
             std::thread::sleep(Duration::from_millis(5));
         }
-        layers
     }
 
     /// Whether every layer `i` of `layers` is indexed as holding its own name `n<i>` only.
@@ -378,14 +383,8 @@ mod tests {
         let cache = tempfile::tempdir().expect("cache");
         assert!(indexed_right(&load_deep(&paths, cache.path()), n));
         // The first load built every layer's index and saved each, then the stack's file.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while LayerIndex::load_stack(cache.path(), &ids).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "stack's file not saved after 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let stack_saved = || LayerIndex::load_stack(cache.path(), &ids).is_ok();
+        eventually("stack's file not saved", stack_saved);
         // Loading a stack's file that no mount has used for days marks its layers' own files
         // used too, so that they stay for other stacks sharing the layers.
         let old = std::time::SystemTime::now() - Duration::from_secs(10 * 24 * 60 * 60);
@@ -399,19 +398,14 @@ mod tests {
             set_mtime(id);
         }
         assert!(indexed_right(&load_deep(&paths, cache.path()), n));
-        let deadline = Instant::now() + Duration::from_secs(10);
         let marked = |id: &[u8; 32]| {
             std::fs::metadata(index::saved_path(cache.path(), id))
                 .and_then(|m| m.modified())
                 .is_ok_and(|m| m > old)
         };
-        while !ids.iter().chain([&stack]).all(marked) {
-            assert!(
-                Instant::now() < deadline,
-                "layers' files not marked used after 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        eventually("layers' files not marked used", || {
+            ids.iter().chain([&stack]).all(marked)
+        });
         for id in &ids {
             LayerIndex::load(cache.path(), id).expect("each layer's own file saved too");
             std::fs::remove_file(index::saved_path(cache.path(), id)).expect("remove");
@@ -429,14 +423,7 @@ mod tests {
         // file or rebuilt, and the stack's file is saved again.
         std::fs::write(index::saved_path(cache.path(), &stack), b"garbage").expect("corrupt");
         assert!(indexed_right(&load_deep(&paths, cache.path()), n));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while LayerIndex::load_stack(cache.path(), &ids).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "stack's file not saved again after 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        eventually("stack's file not saved again", stack_saved);
     }
 
     #[test]
@@ -474,11 +461,9 @@ mod tests {
             layers.indexes.get(0).is_some(),
             "saved index not waited for"
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while (0..3).any(|i| layers.indexes.get(i).is_none()) {
-            assert!(Instant::now() < deadline, "indexes not ready after 10 s");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        eventually("indexes not ready", || {
+            (0..3).all(|i| layers.indexes.get(i).is_some())
+        });
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
             let idx = layers.indexes.get(i).expect("indexed");
             assert_ne!(idx.marks(Path::new(name)), 0, "layer {i} lacks {name}");
