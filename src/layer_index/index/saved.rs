@@ -136,7 +136,7 @@ impl LayerIndex {
     /// load in one wait for the disk rather than one after another.
     pub fn open_saved(dir: &Path, id: &[u8; 32]) -> Result<SavedIndex, Error> {
         use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
-        let path = file_of(dir, id);
+        let path = saved_path(dir, id);
         match std::fs::File::open(&path) {
             Ok(file) => {
                 // Only advice: a file system without readahead reads it when loaded.
@@ -213,7 +213,7 @@ pub fn stack_identity(layers: &[[u8; 32]]) -> [u8; 32] {
 /// Writes `layers` to the file for identity `id` in `dir`: written aside, then renamed into
 /// place.
 fn write_saved(dir: &Path, id: &[u8; 32], layers: &[([u8; 32], &LayerIndex)]) -> Result<(), Error> {
-    let path = file_of(dir, id);
+    let path = saved_path(dir, id);
     let write = |source| Error::Write {
         path: path.clone(),
         source,
@@ -252,7 +252,7 @@ fn write_saved(dir: &Path, id: &[u8; 32], layers: &[([u8; 32], &LayerIndex)]) ->
 pub fn mark_layers_used(dir: &Path, layers: &[[u8; 32]]) {
     let now = SystemTime::now();
     for id in layers {
-        let touched = std::fs::File::open(file_of(dir, id)).and_then(|f| f.set_modified(now));
+        let touched = std::fs::File::open(saved_path(dir, id)).and_then(|f| f.set_modified(now));
         if let Err(e) = touched {
             tracing::debug!(error = %e, "layer index not marked used");
         }
@@ -391,10 +391,6 @@ fn mark_used(file: &std::fs::File, meta: &std::fs::Metadata) -> bool {
 
 /// Where the index (or stack's indexes) of identity `id` is saved in `dir`.
 pub fn saved_path(dir: &Path, id: &[u8; 32]) -> PathBuf {
-    file_of(dir, id)
-}
-
-fn file_of(dir: &Path, id: &[u8; 32]) -> PathBuf {
     let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
     dir.join(format!("{hex}.idx"))
 }
@@ -430,12 +426,16 @@ mod tests {
         assert_eq!(back.marks, idx.marks);
 
         let other = [7u8; 32];
-        std::fs::copy(file_of(cache.path(), &id), file_of(cache.path(), &other)).expect("copy");
+        std::fs::copy(
+            saved_path(cache.path(), &id),
+            saved_path(cache.path(), &other),
+        )
+        .expect("copy");
         assert!(matches!(
             LayerIndex::load(cache.path(), &other),
             Err(Error::Stale { .. })
         ));
-        let good = std::fs::read(file_of(cache.path(), &id)).expect("read");
+        let good = std::fs::read(saved_path(cache.path(), &id)).expect("read");
         let mut flipped = good.clone();
         flipped[40] ^= 1;
         for bad in [
@@ -443,7 +443,7 @@ mod tests {
             flipped,
             good[..good.len() - 1].to_vec(),
         ] {
-            std::fs::write(file_of(cache.path(), &id), bad).expect("corrupt");
+            std::fs::write(saved_path(cache.path(), &id), bad).expect("corrupt");
             assert!(matches!(
                 LayerIndex::load(cache.path(), &id),
                 Err(Error::Checksum { .. })
@@ -507,7 +507,7 @@ mod tests {
             .expect("build")
             .save(cache.path(), &id)
             .expect("save");
-        let saved = file_of(cache.path(), &id);
+        let saved = saved_path(cache.path(), &id);
         // Touched at most once a day: a load within the day writes nothing.
         let recent = SystemTime::now() - TOUCH_AFTER / 2;
         set_mtime(&saved, recent);
@@ -552,8 +552,8 @@ mod tests {
         ));
         let stack = stack_identity(&ids);
         std::fs::copy(
-            file_of(cache.path(), &stack),
-            file_of(cache.path(), &stack_identity(&swapped)),
+            saved_path(cache.path(), &stack),
+            saved_path(cache.path(), &stack_identity(&swapped)),
         )
         .expect("copy");
         assert!(matches!(
@@ -569,8 +569,8 @@ mod tests {
         ));
         // As a layer's file, it holds the wrong number of layers.
         std::fs::copy(
-            file_of(cache.path(), &stack),
-            file_of(cache.path(), &ids[0]),
+            saved_path(cache.path(), &stack),
+            saved_path(cache.path(), &ids[0]),
         )
         .expect("copy");
         assert!(matches!(
@@ -588,8 +588,8 @@ mod tests {
         idx.save(cache.path(), &id).expect("save");
         save_stack(cache.path(), &[(id, &idx)]).expect("save");
         let (layer_file, stack_file) = (
-            file_of(cache.path(), &id),
-            file_of(cache.path(), &stack_identity(&[id])),
+            saved_path(cache.path(), &id),
+            saved_path(cache.path(), &stack_identity(&[id])),
         );
         let old = SystemTime::now() - UNUSED_FOR + DAY;
         set_mtime(&stack_file, old);
