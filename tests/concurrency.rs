@@ -433,3 +433,61 @@ fn list_100k_entry_directory() {
     );
     assert_alive(&s.mnt);
 }
+
+/// Removing a merged directory swaps a whiteout into its place and leaves deleting the old
+/// directory, full of whiteouts, to a background thread. The daemon waits for that thread when
+/// unmounted: once it has exited, the work directory holds none of those directories.
+#[test]
+fn swapped_out_directories_are_gone_once_the_daemon_exits() {
+    if !common::can_mount("swapped_out_directories_are_gone_once_the_daemon_exits") {
+        return;
+    }
+    let s = Stack::new(1);
+    let tree = s.lowers[0].join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    for i in 0..500 {
+        std::fs::write(tree.join(format!("f{i}")), b"lower").unwrap();
+    }
+    // `big` looks empty: its upper copy hides the lower file, and holds many more whiteouts,
+    // so that deleting it takes long enough to be under way at unmount.
+    std::fs::create_dir(s.lowers[0].join("big")).unwrap();
+    std::fs::write(s.lowers[0].join("big/f0"), b"lower").unwrap();
+    let big = s.upper.join("big");
+    std::fs::create_dir(&big).unwrap();
+    for i in 0..10_000 {
+        nix::sys::stat::mknod(
+            &big.join(format!("f{i}")),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .expect("whiteout in the upper fixture");
+    }
+    let m = s.mount_unionfs();
+    let pid = daemon::daemon_pid(&s.mnt);
+    let mnt = s.mnt.clone();
+    daemon::within("rm -rf of merged directories", LIMIT, move || {
+        std::fs::remove_dir_all(mnt.join("tree")).expect("rm -rf tree");
+        std::fs::remove_dir(mnt.join("big")).expect("rmdir big");
+    });
+    drop(m);
+    daemon::within("daemon exit after umount", LIMIT, move || {
+        while !daemon::is_dead(pid) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    for name in ["tree", "big"] {
+        let st = nix::sys::stat::lstat(&s.upper.join(name)).expect("upper entry");
+        assert_eq!(
+            (st.st_mode & libc::S_IFMT, st.st_rdev),
+            (libc::S_IFCHR, 0),
+            "upper {name} is not a whiteout"
+        );
+    }
+    let left: Vec<_> = names(&s.work.join("unionfs-work"))
+        .expect("list the staging directory")
+        .into_iter()
+        .filter(|n| n != "whiteout")
+        .collect();
+    assert!(left.is_empty(), "left in the work directory: {left:?}");
+}

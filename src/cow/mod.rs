@@ -11,6 +11,7 @@
 //! copied up later is a hard link to that copy.
 
 mod copy;
+mod reaper;
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::DirBuilderExt;
@@ -90,6 +91,7 @@ pub struct Upper {
     ns: XattrNs,
     volatile: bool,
     seq: AtomicU64,
+    reaper: reaper::Reaper,
 }
 
 impl Upper {
@@ -120,6 +122,7 @@ impl Upper {
             ns,
             volatile,
             seq: AtomicU64::new(0),
+            reaper: reaper::Reaper::default(),
         })
     }
 
@@ -142,6 +145,17 @@ impl Upper {
     /// Path of the index entry of merged inode `ino`.
     pub fn index_path(&self, ino: u64) -> PathBuf {
         self.index.join(format!("{ino:016x}"))
+    }
+
+    /// Deletes `dir`, a directory in the work directory that no view shows any more, and all
+    /// it holds, in the background (see `reaper`).
+    pub fn discard_dir(&self, dir: PathBuf) {
+        self.reaper.remove(dir);
+    }
+
+    /// Waits until every directory passed to [`Upper::discard_dir`] is deleted.
+    pub fn finish_discards(&self) {
+        self.reaper.finish();
     }
 
     /// A fresh staging name in the work directory.
@@ -305,10 +319,9 @@ impl Upper {
         })?;
         let replace = || match dst.lstat() {
             Ok(st) if is_dir(&st) => {
-                rename_into(&tmp, &dst, RenameFlags::RENAME_EXCHANGE).map(|()| {
-                    // The old directory now sits at `tmp`.
-                    let _ = std::fs::remove_dir_all(&tmp);
-                })
+                // The old directory then sits at `tmp`.
+                rename_into(&tmp, &dst, RenameFlags::RENAME_EXCHANGE)
+                    .map(|()| self.reaper.remove(tmp.clone()))
             }
             _ => rename_into(&tmp, &dst, RenameFlags::empty()),
         };
@@ -370,7 +383,7 @@ impl Upper {
         copy::metadata(&dst, &tmp, &st, self.ns, ino).map_err(stage)?;
         whiteout::set_opaque(&tmp, self.ns).map_err(stage)?;
         rename_into(&tmp, &dst, RenameFlags::RENAME_EXCHANGE)?;
-        let _ = std::fs::remove_dir_all(&tmp);
+        self.reaper.remove(tmp);
         Ok(())
     }
 }

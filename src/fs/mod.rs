@@ -254,6 +254,9 @@ impl Mounted {
             .start_indexing(crate::layer_index::index::default_dir());
         let served = self.session.run().map_err(Error::Session);
         uring::join(std::mem::take(&mut *self.fs.queues.lock()));
+        if let Some(up) = &self.fs.upper {
+            up.finish_discards();
+        }
         served
     }
 }

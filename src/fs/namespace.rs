@@ -322,9 +322,9 @@ impl UnionFs {
             up.whiteout(&rel).map_err(|e| e.errno())?;
         } else {
             // Only markers can be left inside: move it away in one step, then delete.
-            let tmp: LayerPath = up.temp().into();
-            rename(&up.path(&rel), &tmp, RenameFlags::empty())?;
-            std::fs::remove_dir_all(&tmp).map_err(errno_of)?;
+            let tmp = up.temp();
+            rename(&up.path(&rel), &tmp.clone().into(), RenameFlags::empty())?;
+            up.discard_dir(tmp);
         }
         self.table.lock().remove_alias(ino, &rel);
         Ok(())
