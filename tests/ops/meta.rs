@@ -11,7 +11,7 @@ use nix::unistd::{chown, Gid, Uid};
 
 use crate::common;
 use crate::harness::{
-    assert_errno, assert_no_private_xattrs, lstat, names, read, targets, Env, Node, Target,
+    assert_errno, assert_no_private_xattrs, lstat, names, read, targets, Env, Kind, Node, Target,
 };
 use Node::*;
 
@@ -200,6 +200,59 @@ fn user_xattr_set_get_list_remove() {
             xattr::get(e.lower(0, "d/g"), "user.test.colour").expect("lower get"),
             Some(b"blue".to_vec()),
             "{t}: lower xattr untouched"
+        );
+    }
+}
+
+/// SELinux labels on a host without SELinux. A label an object has is read and listed as on
+/// overlayfs, and one set through the mount is kept. Asked for the label of an object without
+/// one, overlayfs answers "no such attribute" and unionfs "not supported", so that `ls -l`
+/// stops asking for every file.
+#[test]
+fn selinux_label_read_where_present_unsupported_where_absent() {
+    if !common::can_mount("selinux_label_read_where_present_unsupported_where_absent") {
+        return;
+    }
+    const NAME: &str = "security.selinux";
+    let get = |p: &Path| {
+        xattr::get(p, NAME)
+            .and_then(|v| v.ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENODATA)))
+    };
+    for t in targets() {
+        let mut e = Env::build(t, &[&[File("labelled", b"l"), File("plain", b"p")]], &[]);
+        xattr::set(e.lower(0, "labelled"), NAME, b"system_u:object_r:etc_t:s0")
+            .expect("label a lower file (needs root)");
+        e.mount();
+        let labelled = e.p("labelled");
+        assert_eq!(
+            get(&labelled).unwrap_or_else(|err| panic!("{t}: read a lower label: {err}")),
+            b"system_u:object_r:etc_t:s0",
+            "{t}"
+        );
+        let listed = xattr::list(&labelled).expect("listxattr");
+        assert!(
+            listed.into_iter().any(|n| n == NAME),
+            "{t}: lower label not listed"
+        );
+        let absent = match t.kind {
+            Kind::Kernel => libc::ENODATA,
+            Kind::Unionfs => libc::EOPNOTSUPP,
+        };
+        assert_errno(
+            t,
+            "label of an unlabelled lower file",
+            get(&e.p("plain")),
+            absent,
+        );
+        std::fs::write(e.p("new"), b"n").expect("create");
+        assert_errno(t, "label of a new file", get(&e.p("new")), absent);
+        xattr::set(e.p("plain"), NAME, b"system_u:object_r:bin_t:s0")
+            .unwrap_or_else(|err| panic!("{t}: set a label: {err}"));
+        e.remount();
+        assert_eq!(
+            get(&e.p("plain")).unwrap_or_else(|err| panic!("{t}: read a set label: {err}")),
+            b"system_u:object_r:bin_t:s0",
+            "{t}: label set through the mount"
         );
     }
 }
