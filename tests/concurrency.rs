@@ -49,6 +49,15 @@ fn assert_alive(mnt: &Path) {
     std::fs::metadata(mnt).expect("mount still answers");
 }
 
+/// Makes `dir` in the stack's lower layer holding `n` files `<prefix><i>` of 5 bytes.
+fn lower_dir(s: &Stack, dir: &str, prefix: &str, n: usize) {
+    let dir = s.lowers[0].join(dir);
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..n {
+        std::fs::write(dir.join(format!("{prefix}{i}")), b"lower").unwrap();
+    }
+}
+
 /// One thread's random mix of create+write, rename across directories, unlink, list and read.
 fn worker(mnt: PathBuf, id: usize, ops: usize, seed: u64) {
     let mut rng = Rng::new(seed ^ id as u64);
@@ -258,11 +267,7 @@ fn readdir_while_entries_change() {
         return;
     }
     let s = Stack::new(1);
-    let busy = s.lowers[0].join("busy");
-    std::fs::create_dir(&busy).unwrap();
-    for i in 0..150 {
-        std::fs::write(busy.join(format!("s{i}")), b"lower").unwrap();
-    }
+    lower_dir(&s, "busy", "s", 150);
     let _m = s.mount_unionfs();
     let merged = s.mnt.join("busy");
     for i in 150..300 {
@@ -339,11 +344,7 @@ fn open_close_20k_files_and_forget() {
     }
     const FILES: usize = 20_000;
     let s = Stack::new(1);
-    let many = s.lowers[0].join("many");
-    std::fs::create_dir(&many).unwrap();
-    for i in 0..FILES {
-        std::fs::write(many.join(format!("f{i}")), b"x").unwrap();
-    }
+    lower_dir(&s, "many", "f", FILES);
     let _m = s.mount_unionfs();
     let pid = daemon::daemon_pid(&s.mnt);
     std::fs::create_dir(s.mnt.join("new")).unwrap();
@@ -443,11 +444,7 @@ fn swapped_out_directories_are_gone_once_the_daemon_exits() {
         return;
     }
     let s = Stack::new(1);
-    let tree = s.lowers[0].join("tree");
-    std::fs::create_dir(&tree).unwrap();
-    for i in 0..500 {
-        std::fs::write(tree.join(format!("f{i}")), b"lower").unwrap();
-    }
+    lower_dir(&s, "tree", "f", 500);
     // `big` looks empty: its upper copy hides the lower file, and holds many more whiteouts,
     // so that deleting it takes long enough to be under way at unmount.
     std::fs::create_dir(s.lowers[0].join("big")).unwrap();
