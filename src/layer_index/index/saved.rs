@@ -415,13 +415,36 @@ mod tests {
     use super::*;
     use crate::layer_index::index::tests::layer;
 
+    /// One layer, indexed and saved in a fresh cache.
+    struct SavedLayer {
+        dir: tempfile::TempDir,
+        cache: tempfile::TempDir,
+        id: [u8; 32],
+        idx: LayerIndex,
+    }
+
+    fn saved_layer() -> SavedLayer {
+        let dir = layer();
+        let cache = tempfile::tempdir().expect("cache");
+        let id = LayerIndex::identity(dir.path()).expect("identity");
+        let idx = LayerIndex::build(dir.path()).expect("build");
+        idx.save(cache.path(), &id).expect("save");
+        SavedLayer {
+            dir,
+            cache,
+            id,
+            idx,
+        }
+    }
+
     #[test]
     fn saved_index_round_trips_and_bad_ones_are_refused() {
-        let d = layer();
-        let cache = tempfile::tempdir().expect("cache");
-        let id = LayerIndex::identity(d.path()).expect("identity");
-        let idx = LayerIndex::build(d.path()).expect("build");
-        idx.save(cache.path(), &id).expect("save");
+        let SavedLayer {
+            dir: d,
+            cache,
+            id,
+            idx,
+        } = saved_layer();
         let back = LayerIndex::load(cache.path(), &id).expect("load");
         assert_eq!(back.marks, idx.marks);
 
@@ -500,13 +523,7 @@ mod tests {
 
     #[test]
     fn loading_an_index_marks_it_used() {
-        let d = layer();
-        let cache = tempfile::tempdir().expect("cache");
-        let id = LayerIndex::identity(d.path()).expect("identity");
-        LayerIndex::build(d.path())
-            .expect("build")
-            .save(cache.path(), &id)
-            .expect("save");
+        let SavedLayer { cache, id, .. } = saved_layer();
         let saved = saved_path(cache.path(), &id);
         // Touched at most once a day: a load within the day writes nothing.
         let recent = SystemTime::now() - TOUCH_AFTER / 2;
@@ -581,11 +598,7 @@ mod tests {
 
     #[test]
     fn loading_an_old_stack_file_marks_its_layers_used() {
-        let d = layer();
-        let cache = tempfile::tempdir().expect("cache");
-        let id = LayerIndex::identity(d.path()).expect("identity");
-        let idx = LayerIndex::build(d.path()).expect("build");
-        idx.save(cache.path(), &id).expect("save");
+        let SavedLayer { cache, id, idx, .. } = saved_layer();
         save_stack(cache.path(), &[(id, &idx)]).expect("save");
         let (layer_file, stack_file) = (
             saved_path(cache.path(), &id),
