@@ -121,7 +121,7 @@ const FDS_RESERVED: u64 = 1024;
 /// Mounts the union `v` describes on its mountpoint. Returns once the mount is live.
 pub fn mount(v: &Validated) -> Result<Mounted, Error> {
     let (cfg, mountpoint) = (&v.config, v.mountpoint.as_path());
-    crate::sys::process::single_malloc_arena();
+    crate::sys::process::tune_malloc();
     // The daemon holds a descriptor per layer, and one per open file served by passthrough.
     let fd_reserve = crate::sys::process::reserve_fds(FDS_RESERVED);
     let fs = std::sync::Arc::new(build(v)?);
