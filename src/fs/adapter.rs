@@ -132,7 +132,11 @@ impl Filesystem for Fuse {
         // FUSE_POSIX_ACL the kernel keeps each inode's ACLs (`ls -l` asks for them on every
         // file) and checks permissions against them, as overlayfs does; this daemon passes the
         // ACL xattrs through to the backing files like any other.
+        // FUSE_HANDLE_KILLPRIV_V2 lets the kernel skip its `security.capability` question
+        // after an inode's first write (one round trip per write before); the daemon clears
+        // the set-id bits itself in return (`data::without_setid`).
         for cap in [
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
             InitFlags::FUSE_POSIX_ACL,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
@@ -184,7 +188,7 @@ impl Filesystem for Fuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -192,7 +196,7 @@ impl Filesystem for Fuse {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -209,6 +213,14 @@ impl Filesystem for Fuse {
             atime,
             mtime,
             fh: fh.map(|f| f.0),
+            // fuser does not pass FATTR_KILL_SUIDGID on. A setattr of nothing is the kernel's
+            // "remove privileges" before a write (see `wire`); for a truncate, a caller other
+            // than root is taken to lack CAP_FSETID. Only mounts served over /dev/fuse get
+            // here (io_uring requests go through `wire`), and for a mount made by a user the
+            // upper's own file system clears the bits anyway.
+            kill_setid: (mode, uid, gid, size, atime, mtime, ctime)
+                == (None, None, None, None, None, None, None)
+                || (size.is_some() && req.uid() != 0),
         };
         match self.do_setattr(ino.0, a) {
             Ok(attr) => reply.attr(&TTL, &attr),
@@ -355,12 +367,13 @@ impl Filesystem for Fuse {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.do_write(fh.0, offset, data) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.do_write(fh.0, offset, data, kill) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),
         }

@@ -42,6 +42,29 @@ pub struct SetAttr {
     pub atime: Option<TimeOrNow>,
     pub mtime: Option<TimeOrNow>,
     pub fh: Option<u64>,
+    /// Clear the set-user-ID bit, and the set-group-ID bit of a group-executable file, after
+    /// the other changes (see [`without_setid`]).
+    pub kill_setid: bool,
+}
+
+/// The mode a regular file keeps once written or truncated by a caller without CAP_FSETID:
+/// without its set-user-ID bit, and without its set-group-ID bit if it is group-executable
+/// (the rule of FUSE_HANDLE_KILLPRIV_V2, and of the kernel's own FUSE code before it). `None`
+/// when nothing changes.
+///
+/// With that protocol flag the kernel leaves this to the daemon, in return for asking for
+/// `security.capability` only on an inode's first write instead of on every write (SB_NOSEC).
+/// The daemon changes the upper file as root, and root keeps these bits on write and
+/// truncate, so they are cleared here.
+pub fn without_setid(mode: u32) -> Option<u32> {
+    if mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    let mut kept = mode & !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        kept &= !libc::S_ISGID;
+    }
+    (kept != mode).then_some(kept & 0o7777)
 }
 
 fn timespec(t: Option<TimeOrNow>) -> TimeSpec {
@@ -53,6 +76,15 @@ fn timespec(t: Option<TimeOrNow>) -> TimeSpec {
             TimeSpec::new(d.as_secs() as i64, d.subsec_nanos() as i64)
         }
     }
+}
+
+/// Applies [`without_setid`] to the open file `f`.
+fn kill_setid_of(f: &File) -> Res<()> {
+    let st = nix::sys::stat::fstat(f.as_fd())?;
+    if let Some(mode) = without_setid(st.st_mode) {
+        nix::sys::stat::fchmod(f.as_fd(), Mode::from_bits_truncate(mode))?;
+    }
+    Ok(())
 }
 
 const WRITE_FLAGS: i32 = libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT;
@@ -194,8 +226,13 @@ impl UnionFs {
         Ok(buf)
     }
 
-    pub fn do_write(&self, fh: u64, offset: u64, data: &[u8]) -> Res<u32> {
+    /// Writes `data` at `offset` of open file `fh`; `kill_setid` as for [`SetAttr`], for a
+    /// caller without CAP_FSETID.
+    pub fn do_write(&self, fh: u64, offset: u64, data: &[u8], kill_setid: bool) -> Res<u32> {
         let f = self.handle_file(fh)?;
+        if kill_setid {
+            kill_setid_of(&f)?;
+        }
         f.write_all_at(data, offset).map_err(errno_of)?;
         Ok(data.len() as u32)
     }
@@ -298,6 +335,17 @@ impl UnionFs {
                 _ => nix::unistd::truncate(&**path, size as i64)?,
             }
         }
+        if a.kill_setid {
+            let now = nix::sys::stat::fstatat(dir, rel, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+            if let Some(mode) = without_setid(now.st_mode) {
+                nix::sys::stat::fchmodat(
+                    dir,
+                    rel,
+                    Mode::from_bits_truncate(mode),
+                    FchmodatFlags::FollowSymlink,
+                )?;
+            }
+        }
         if a.atime.is_some() || a.mtime.is_some() {
             utimensat(
                 dir,
@@ -329,6 +377,9 @@ impl UnionFs {
         }
         if let Some(size) = a.size {
             f.set_len(size).map_err(errno_of)?;
+        }
+        if a.kill_setid {
+            kill_setid_of(&f)?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
             nix::sys::stat::futimens(f.as_fd(), &timespec(a.atime), &timespec(a.mtime))?;
@@ -437,4 +488,23 @@ fn fileattr_at(
     let (dir, rel) = b.path().at();
     let fd = nix::fcntl::openat(dir, rel, flags, Mode::empty())?;
     fileattr::fileattr(&fd, op, input)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_setid;
+
+    #[test]
+    fn setid_bits_cleared_as_killpriv_v2_says() {
+        let reg = libc::S_IFREG;
+        assert_eq!(without_setid(reg | 0o4755), Some(0o755));
+        assert_eq!(without_setid(reg | 0o6775), Some(0o775));
+        // Set-group-ID without group execute (a mandatory-locking mark) is kept, although
+        // the VFS clears it too when the writer is outside the file's group.
+        assert_eq!(without_setid(reg | 0o2664), None);
+        assert_eq!(without_setid(reg | 0o4644), Some(0o644));
+        assert_eq!(without_setid(reg | 0o0777), None);
+        // Only regular files.
+        assert_eq!(without_setid(libc::S_IFDIR | 0o2775), None);
+    }
 }

@@ -25,6 +25,11 @@ use super::data::{OpenAs, SetAttr};
 use super::namespace::{Caller, NewObject};
 use crate::sys::fileattr::FileAttrOp;
 
+/// `fuse_setattr_in.valid`: clear the set-id bits (FUSE_HANDLE_KILLPRIV_V2, ABI 7.33).
+const FATTR_KILL_SUIDGID: u32 = 1 << 11;
+/// `fuse_write_in.write_flags`: clear the set-id bits before writing (ABI 7.33).
+const FUSE_WRITE_KILL_SUIDGID: u32 = 1 << 2;
+
 /// Serves one request: `header` is its `fuse_in_header`, `op_in` its fixed argument, `rest`
 /// its other arguments. The reply's body is left in `out`; the result is 0 or a negative errno.
 pub(super) fn serve(
@@ -271,6 +276,11 @@ fn dispatch(
                 atime: when(abi::FATTR_ATIME_NOW, abi::FATTR_ATIME, a.atime, a.atimensec),
                 mtime: when(abi::FATTR_MTIME_NOW, abi::FATTR_MTIME, a.mtime, a.mtimensec),
                 fh: has(abi::FATTR_FH).then_some(a.fh),
+                // Asked for explicitly (a truncate, a chown), or implied: with
+                // FUSE_HANDLE_KILLPRIV_V2 the kernel turns its "remove privileges" before a
+                // write by a caller without CAP_FSETID into a setattr of nothing at all.
+                kill_setid: has(FATTR_KILL_SUIDGID)
+                    || a.valid & !(abi::FATTR_FH | abi::FATTR_LOCKOWNER) == 0,
             };
             let _s = tracing::debug_span!("setattr", ino, mode = ?s.mode, size = ?s.size).entered();
             put_attr(out, &fs.do_setattr(ino, s)?);
@@ -347,7 +357,8 @@ fn dispatch(
         abi::FUSE_WRITE => {
             let a: abi::fuse_write_in = arg(op_in)?;
             let data = rest.get(..a.size as usize).ok_or(Errno::EINVAL)?;
-            let n = fs.do_write(a.fh, a.offset, data)?;
+            let kill = a.write_flags & FUSE_WRITE_KILL_SUIDGID != 0;
+            let n = fs.do_write(a.fh, a.offset, data, kill)?;
             let w = abi::fuse_write_out {
                 size: n,
                 padding: 0,

@@ -26,6 +26,12 @@ enum Op<'a> {
     OpenWrite(&'a Path),
     Mkdir(&'a Path),
     Unlink(&'a Path),
+    /// open(O_WRONLY | O_APPEND), write one byte
+    Append(&'a Path),
+    /// truncate(path, 1)
+    Truncate(&'a Path),
+    /// open(O_WRONLY | O_TRUNC)
+    OpenTrunc(&'a Path),
 }
 
 /// Runs `ops` as uid:gid OTHER:OTHER in a forked child; the errno of each (0 for success).
@@ -35,7 +41,7 @@ fn run_as_other_user(ops: &[Op]) -> Vec<i32> {
         .map(|op| {
             let p = match *op {
                 Op::Access(p, _) | Op::Create(p) | Op::OpenWrite(p) | Op::Mkdir(p) => p,
-                Op::Unlink(p) => p,
+                Op::Unlink(p) | Op::Append(p) | Op::Truncate(p) | Op::OpenTrunc(p) => p,
             };
             (*op, CString::new(p.as_os_str().as_bytes()).expect("no NUL"))
         })
@@ -66,9 +72,24 @@ fn run_as_other_user(ops: &[Op]) -> Vec<i32> {
                     Op::OpenWrite(_) => libc::open(p, libc::O_WRONLY),
                     Op::Mkdir(_) => libc::mkdir(p, 0o755),
                     Op::Unlink(_) => libc::unlink(p),
+                    Op::Append(_) => {
+                        let fd = libc::open(p, libc::O_WRONLY | libc::O_APPEND);
+                        if fd >= 0 && libc::write(fd, b"+".as_ptr().cast(), 1) != 1 {
+                            libc::close(fd);
+                            -1
+                        } else {
+                            fd
+                        }
+                    }
+                    Op::Truncate(_) => libc::truncate(p, 1),
+                    Op::OpenTrunc(_) => libc::open(p, libc::O_WRONLY | libc::O_TRUNC),
                 };
                 let err: i32 = if r >= 0 { 0 } else { *libc::__errno_location() };
-                if r > 0 && !matches!(op, Op::Access(..) | Op::Mkdir(_) | Op::Unlink(_)) {
+                let no_fd = matches!(
+                    op,
+                    Op::Access(..) | Op::Mkdir(_) | Op::Unlink(_) | Op::Truncate(_)
+                );
+                if r > 0 && !no_fd {
                     libc::close(r);
                 }
                 libc::write(pipe[1], (&err as *const i32).cast(), 4);
@@ -246,5 +267,53 @@ fn other_uid_creates_files_it_owns_and_is_refused_elsewhere() {
         assert_eq!(names(t, &e.p("home")), ["new"], "{t}: home");
         assert_eq!(names(t, &e.p("ro")), ["file"], "{t}: ro");
         assert_eq!(read(t, &roots), b"r", "{t}: root's file in the sticky dir");
+    }
+}
+
+/// A write, a truncate and an open with O_TRUNC by a user without CAP_FSETID clear the
+/// set-user-ID bit, and the set-group-ID bit of a group-executable file, in the merged view and
+/// in the upper. The kernel checks an inode once and then trusts it until its mode gains a
+/// set-id bit, so a file written before `chmod u+s` loses the bit at its next write.
+#[test]
+fn writes_by_other_uid_clear_setid_bits() {
+    if !common::can_mount("writes_by_other_uid_clear_setid_bits") {
+        return;
+    }
+    let files = ["w/suid", "w/sgid", "t/suid", "o/suid", "n/plain"];
+    for t in targets() {
+        let nodes: Vec<Node> = files.iter().map(|&f| File(f, b"data")).collect();
+        let mut e = Env::build(t, &[&nodes], &[]);
+        let modes = [
+            ("", 0o755),
+            ("w", 0o755),
+            ("t", 0o755),
+            ("o", 0o755),
+            ("n", 0o755),
+            ("w/suid", 0o4777),
+            ("w/sgid", 0o2777),
+            ("t/suid", 0o4777),
+            ("o/suid", 0o4777),
+            ("n/plain", 0o666),
+        ];
+        prepare(&e, &modes, &[]);
+        e.mount();
+        let p: Vec<_> = files.iter().map(|f| e.p(f)).collect();
+        check(
+            t,
+            &[
+                (Op::Append(&p[0]), 0),
+                (Op::Append(&p[1]), 0),
+                (Op::Truncate(&p[2]), 0),
+                (Op::OpenTrunc(&p[3]), 0),
+                (Op::Append(&p[4]), 0),
+            ],
+        );
+        std::fs::set_permissions(&p[4], PermissionsExt::from_mode(0o4777)).expect("chmod u+s");
+        check(t, &[(Op::Append(&p[4]), 0)]);
+        for f in files {
+            let (merged, upper) = (lstat(t, &e.p(f)).mode(), lstat(t, &e.upper(f)).mode());
+            assert_eq!(merged & 0o7777, 0o777, "{t}: mode of {f} after the writes");
+            assert_eq!(upper & 0o7777, 0o777, "{t}: upper mode of {f}");
+        }
     }
 }
