@@ -34,8 +34,8 @@ pub enum Op {
     RandRead { reads: usize },
     /// Reads the big file front to back in 1 MiB pieces.
     SeqRead,
-    /// Writes a new file of `bytes` in 1 MiB pieces (closed, not fsynced).
-    SeqWrite { bytes: u64 },
+    /// Writes a new file of `bytes` in `piece`-byte writes (closed, not fsynced).
+    SeqWrite { bytes: u64, piece: usize },
     /// Creates `n` files of 100 bytes in a new directory.
     Create { n: usize },
     /// `rm -rf` of [`stacks::RM_DIR`], a lower directory (leaves a whiteout).
@@ -188,6 +188,22 @@ pub fn all(scale: &Scale, stacks: &Stacks) -> Vec<Workload> {
             D,
             Op::SeqWrite {
                 bytes: scale.write_bytes,
+                piece: 1 << 20,
+            },
+            Fresh,
+        ),
+        // Small writes, as tar, compilers and loggers make: each one a round trip if the
+        // kernel had to ask about privileges to drop before every write.
+        Workload::new(
+            "seqwrite-4k",
+            format!(
+                "sequential write of a new {} file, 4 KiB per write",
+                mib(scale.write_bytes / 4)
+            ),
+            D,
+            Op::SeqWrite {
+                bytes: scale.write_bytes / 4,
+                piece: 4096,
             },
             Fresh,
         ),
@@ -409,7 +425,7 @@ fn run_op(op: Op, mnt: &Path, stacks: &Stacks) -> Result<()> {
         }
         Op::RandRead { reads } => rand_read(&big(), reads),
         Op::SeqRead => read_all(&big()).map(drop),
-        Op::SeqWrite { bytes } => seq_write(&mnt.join("bench-seqwrite.bin"), bytes),
+        Op::SeqWrite { bytes, piece } => seq_write(&mnt.join("bench-seqwrite.bin"), bytes, piece),
         Op::Create { n } => create_files(&mnt.join("bench-create"), n),
         Op::RmRf => {
             let dir = mnt.join(stacks::RM_DIR);
@@ -649,9 +665,9 @@ fn rand_read(path: &Path, reads: usize) -> Result<()> {
     Ok(())
 }
 
-fn seq_write(path: &Path, bytes: u64) -> Result<()> {
+fn seq_write(path: &Path, bytes: u64, piece: usize) -> Result<()> {
     let mut rng = Rng::new(0x7772_6974);
-    let buf: Vec<u8> = (0..(1 << 17))
+    let buf: Vec<u8> = (0..piece.div_ceil(8))
         .flat_map(|_| rng.next_u64().to_le_bytes())
         .collect();
     let mut f = fs::File::create(path).context(|| format!("create {}", path.display()))?;
