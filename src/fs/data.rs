@@ -226,7 +226,7 @@ impl UnionFs {
         Ok(buf)
     }
 
-    /// Writes `data` at `offset` of open file `fh`; `kill_setid` as for [`SetAttr`], for a
+    /// Writes `data` at `offset` of open file `fh`; `kill_setid` as for `SetAttr`, for a
     /// caller without CAP_FSETID.
     pub fn do_write(&self, fh: u64, offset: u64, data: &[u8], kill_setid: bool) -> Res<u32> {
         let f = self.handle_file(fh)?;

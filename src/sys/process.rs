@@ -131,7 +131,7 @@ const TRIM_THRESHOLD: libc::c_int = 2 * MMAP_THRESHOLD;
 ///   cleared with memset: 4096 page faults per thread, competing with the first requests
 ///   after the mount. A mapping the kernel hands out is already zero, and only the pages a
 ///   request touches are ever faulted in.
-/// - A trim threshold to go with it ([`TRIM_THRESHOLD`]).
+/// - A trim threshold to go with it (`TRIM_THRESHOLD`).
 pub fn tune_malloc() {
     // SAFETY: mallopt only changes allocator tuning; M_ARENA_MAX takes any positive value,
     // M_MMAP_THRESHOLD any value up to HEAP_MAX_SIZE / 2 (32 MiB), M_TRIM_THRESHOLD any.
