@@ -207,9 +207,7 @@ impl UnionFs {
             return Ok(());
         }
         for h in handles {
-            let f = File::open(b.path()).map_err(super::core::errno_of)?;
-            *h.file.write() = Arc::new(f);
-            *h.on_lower.write() = false;
+            h.move_to_upper(File::open(b.path()).map_err(super::core::errno_of)?);
         }
         Ok(())
     }

@@ -400,7 +400,7 @@ impl UnionFs {
     /// not always say which: fstat(2) arrives without one).
     pub(super) fn handle_attr(&self, node: &Node, fh: Option<u64>) -> Res<FileAttr> {
         let h = self.handles.file_of(node.ino, fh).ok_or(Errno::ENOENT)?;
-        let st = nix::sys::stat::fstat(h.file().as_ref())?;
+        let st = nix::sys::stat::fstat(h.file()?.as_ref())?;
         Ok(self.attr(node, &Backing::Lower(PathBuf::new().into()), &st))
     }
 

@@ -17,6 +17,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
 use super::core::{errno_of, Res, UnionFs};
+use super::handle::Descriptor;
 use crate::layer_index::LayerPath;
 use crate::sys::fileattr::{self, FileAttrOp};
 use crate::sys::passthrough::BackingFile;
@@ -91,7 +92,7 @@ const WRITE_FLAGS: i32 = libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O
 
 /// Opens the object named by `p` with `flags` (access mode and status flags), through its
 /// directory descriptor, never following a final symlink.
-fn open_at(p: &LayerPath, flags: i32) -> Res<File> {
+pub(super) fn open_at(p: &LayerPath, flags: i32) -> Res<File> {
     let (dir, rel) = p.at();
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     Ok(File::from(nix::fcntl::openat(
@@ -107,14 +108,15 @@ pub enum OpenAs {
     /// By the daemon's read/write; with `keep_cache` the kernel keeps the page cache across
     /// opens (the data is an immutable lower file).
     Served { keep_cache: bool },
-    /// By the kernel on the backing file (FUSE passthrough); `None`: register `file` first.
-    Passthrough(Option<Arc<BackingFile>>),
+    /// By the kernel (FUSE passthrough) on the inode's existing registration.
+    Passthrough(Arc<BackingFile>),
+    /// By the kernel on this file, to be registered first.
+    PassthroughNew(Arc<File>),
 }
 
 /// A file opened by `do_open` or `do_create`, registered as handle `fh`.
 pub struct Opened {
     pub fh: u64,
-    pub file: Arc<File>,
     pub how: OpenAs,
 }
 
@@ -124,27 +126,31 @@ impl UnionFs {
     /// and lower files of a read-only mount. A lower file of a writable mount is served by the
     /// daemon (with the page cache kept), so that a copy-up can move its open handles to the
     /// copy, as overlayfs does. Callers hold `handles.open_lock`.
-    pub(super) fn register_open(&self, ino: u64, file: File, on_lower: bool) -> Opened {
+    pub(super) fn register_open(&self, ino: u64, file: Descriptor, on_lower: bool) -> Res<Opened> {
         let state = self.handles.io_state(ino);
-        let how = if !self.passthrough.load(Ordering::Relaxed) {
-            OpenAs::Served {
-                keep_cache: on_lower,
-            }
-        } else if let Some(b) = state.backing {
-            OpenAs::Passthrough(Some(b))
-        } else if state.served > 0 || (on_lower && self.upper.is_some()) {
-            OpenAs::Served {
-                keep_cache: on_lower,
-            }
-        } else {
-            OpenAs::Passthrough(None)
+        let served = OpenAs::Served {
+            keep_cache: on_lower,
         };
-        let file = Arc::new(file);
-        let fh = self.handles.add_file(ino, file.clone(), on_lower);
-        if let OpenAs::Passthrough(Some(b)) = &how {
+        let passthrough = self.passthrough.load(Ordering::Relaxed);
+        let fh = self.handles.add_file(ino, file, on_lower);
+        let how = if !passthrough {
+            served
+        } else if let Some(b) = state.backing {
             self.set_backing(fh, b.clone());
-        }
-        Opened { fh, file, how }
+            OpenAs::Passthrough(b)
+        } else if state.served > 0 || (on_lower && self.upper.is_some()) {
+            served
+        } else {
+            let h = self.handles.file(fh).ok_or(Errno::EBADF)?;
+            match h.file() {
+                Ok(f) => OpenAs::PassthroughNew(f),
+                Err(e) => {
+                    self.handles.remove_file(fh);
+                    return Err(e);
+                }
+            }
+        };
+        Ok(Opened { fh, how })
     }
 
     /// Records the passthrough registration of handle `fh`.
@@ -160,10 +166,10 @@ impl UnionFs {
     pub(super) fn backing_for(&self, o: &Opened) -> Option<Arc<BackingFile>> {
         match &o.how {
             OpenAs::Served { .. } => None,
-            OpenAs::Passthrough(Some(b)) => Some(b.clone()),
-            OpenAs::Passthrough(None) => {
+            OpenAs::Passthrough(b) => Some(b.clone()),
+            OpenAs::PassthroughNew(file) => {
                 let made = match self.dev.get() {
-                    Some(dev) => BackingFile::open(dev, &o.file),
+                    Some(dev) => BackingFile::open(dev, file),
                     None => Err(std::io::ErrorKind::Unsupported.into()),
                 };
                 match made {
@@ -195,19 +201,25 @@ impl UnionFs {
             self.copy_up(&node, truncate)?;
             let (b, _) = self.locate(&node)?;
             let f = open_at(b.path(), acc | (flags & (libc::O_TRUNC | WRITE_FLAGS)))?;
-            (f, false)
+            (Descriptor::Open(Arc::new(f)), false)
         } else {
             let _ns = self.ns.read();
             let node = self.node(ino)?;
             let (b, _) = self.locate(&node)?;
-            let f = open_at(b.path(), libc::O_RDONLY | (flags & libc::O_DIRECT))?;
-            (f, b.is_lower())
+            let direct = flags & libc::O_DIRECT;
+            if b.is_lower() && self.upper.is_some() && direct == 0 {
+                // Served by the daemon, mostly from the kept page cache: see `handle`.
+                (Descriptor::Deferred(b.path().clone()), true)
+            } else {
+                let f = open_at(b.path(), libc::O_RDONLY | direct)?;
+                (Descriptor::Open(Arc::new(f)), b.is_lower())
+            }
         };
-        Ok(self.register_open(ino, file, on_lower))
+        self.register_open(ino, file, on_lower)
     }
 
     fn handle_file(&self, fh: u64) -> Res<std::sync::Arc<File>> {
-        Ok(self.handles.file(fh).ok_or(Errno::EBADF)?.file())
+        self.handles.file(fh).ok_or(Errno::EBADF)?.file()
     }
 
     pub fn do_read(&self, fh: u64, offset: u64, size: u32) -> Res<Vec<u8>> {
@@ -331,7 +343,7 @@ impl UnionFs {
         }
         if let Some(size) = a.size {
             match a.fh.and_then(|fh| self.handles.file(fh)) {
-                Some(h) if !*h.on_lower.read() => h.file().set_len(size).map_err(errno_of)?,
+                Some(h) if !*h.on_lower.read() => h.file()?.set_len(size).map_err(errno_of)?,
                 _ => nix::unistd::truncate(&**path, size as i64)?,
             }
         }
@@ -364,7 +376,7 @@ impl UnionFs {
         if *h.on_lower.read() {
             return Err(Errno::EROFS);
         }
-        let f = h.file();
+        let f = h.file()?;
         if a.uid.is_some() || a.gid.is_some() {
             nix::unistd::fchown(
                 f.as_fd(),

@@ -5,6 +5,12 @@
 //! working after the file is copied up: copy-up swaps the descriptor of every handle on that
 //! inode to the upper copy, so reads see what overlayfs would show (the new data).
 //!
+//! A read-only handle on a lower file of a writable mount opens its file only when first
+//! used. The kernel keeps the page cache of such files across opens, so a warm `tar` or
+//! `cat` opens, reads from that cache and closes without the daemon ever reading: opening
+//! the lower file there would be a path walk and a close spent on every open for nothing.
+//! Lower files never change, so opening later opens the same data.
+//!
 //! Directories have no handles: the kernel is told it need not open them (a round trip per
 //! directory saved on every walk), so a listing being read is kept by directory inode in
 //! [`Listings`] instead.
@@ -17,13 +23,23 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use super::core::Res;
+use crate::layer_index::LayerPath;
 use crate::sys::passthrough::BackingFile;
+
+/// What a handle reads and writes through.
+#[derive(Debug)]
+pub enum Descriptor {
+    Open(Arc<File>),
+    /// A lower file, opened read-only at the handle's first use (see the module comment).
+    Deferred(LayerPath),
+}
 
 #[derive(Debug)]
 pub struct FileHandle {
     pub ino: u64,
     /// The backing file; replaced when a lower file is copied up under an open handle.
-    pub file: RwLock<Arc<File>>,
+    descriptor: RwLock<Descriptor>,
     /// Whether `file` is a lower (read-only) file.
     pub on_lower: RwLock<bool>,
     /// The kernel's passthrough registration of the inode's backing file, shared by every
@@ -40,8 +56,24 @@ pub struct IoState {
 }
 
 impl FileHandle {
-    pub fn file(&self) -> Arc<File> {
-        self.file.read().clone()
+    /// The backing file, opened now if its opening was deferred.
+    pub fn file(&self) -> Res<Arc<File>> {
+        if let Descriptor::Open(f) = &*self.descriptor.read() {
+            return Ok(f.clone());
+        }
+        let mut d = self.descriptor.write();
+        let f = match &*d {
+            Descriptor::Open(f) => return Ok(f.clone()),
+            Descriptor::Deferred(p) => Arc::new(super::data::open_at(p, libc::O_RDONLY)?),
+        };
+        *d = Descriptor::Open(f.clone());
+        Ok(f)
+    }
+
+    /// Moves the handle from its lower file to `upper`, the file's copy.
+    pub fn move_to_upper(&self, upper: File) {
+        *self.descriptor.write() = Descriptor::Open(Arc::new(upper));
+        *self.on_lower.write() = false;
     }
 }
 
@@ -111,11 +143,11 @@ impl Handles {
         self.next.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub fn add_file(&self, ino: u64, file: Arc<File>, on_lower: bool) -> u64 {
+    pub fn add_file(&self, ino: u64, descriptor: Descriptor, on_lower: bool) -> u64 {
         let fh = self.next();
         let h = FileHandle {
             ino,
-            file: RwLock::new(file),
+            descriptor: RwLock::new(descriptor),
             on_lower: RwLock::new(on_lower),
             backing: Mutex::new(None),
         };

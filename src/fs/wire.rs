@@ -13,6 +13,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, TimeOrNow};
@@ -22,6 +23,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::core::{entry_ttl, Res, UnionFs, TTL};
 use super::data::{OpenAs, SetAttr};
+use super::handle::Descriptor;
 use super::namespace::{Caller, NewObject};
 use crate::sys::fileattr::FileAttrOp;
 
@@ -432,7 +434,7 @@ fn dispatch(
             let _one_at_a_time = fs.handles.open_lock.lock();
             let (attr, ttl, file) = fs.do_create(who, ino, n, what)?;
             let file = file.ok_or(Errno::EIO)?;
-            let o = fs.register_open(attr.ino.0, file, false);
+            let o = fs.register_open(attr.ino.0, Descriptor::Open(Arc::new(file)), false)?;
             put_entry(out, (attr, ttl));
             put_opened(fs, out, &o);
         }

@@ -97,6 +97,8 @@ fn fd_opened_before_copy_up_keeps_ino_and_sees_new_data() {
         let mut buf = [0u8; 8];
         ro.read_exact_at(&mut buf, 0).expect("read before");
         assert_eq!(&buf, b"old data", "{t}");
+        // Opened before the copy-up too, but first read after it.
+        let unread = std::fs::File::open(e.p("f")).expect("open read-only, unread");
         std::fs::OpenOptions::new()
             .write(true)
             .open(e.p("f"))
@@ -108,6 +110,11 @@ fn fd_opened_before_copy_up_keeps_ino_and_sees_new_data() {
         assert_eq!(lstat(t, &e.p("f")).ino(), ino, "{t}: stat ino by path");
         assert_eq!(st.len(), 8, "{t}: fstat size");
         // Kernel overlayfs reopens the upper file under a read-only fd once copy-up happened.
+        unread.read_exact_at(&mut buf, 0).expect("first read after");
+        assert_eq!(
+            &buf, b"NEW data",
+            "{t}: unread old fd reads the copied-up data"
+        );
         ro.read_exact_at(&mut buf, 0).expect("read after");
         assert_eq!(&buf, b"NEW data", "{t}: old fd reads the copied-up data");
     }
