@@ -40,7 +40,7 @@ pub struct FileHandle {
     pub ino: u64,
     /// The backing file; replaced when a lower file is copied up under an open handle.
     descriptor: RwLock<Descriptor>,
-    /// Whether `file` is a lower (read-only) file.
+    /// Whether `descriptor` is a lower (read-only) file.
     pub on_lower: RwLock<bool>,
     /// The kernel's passthrough registration of the inode's backing file, shared by every
     /// passthrough handle of the inode; `None` for a handle the daemon serves itself.
