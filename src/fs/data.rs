@@ -131,25 +131,20 @@ impl UnionFs {
         let served = OpenAs::Served {
             keep_cache: on_lower,
         };
-        let passthrough = self.passthrough.load(Ordering::Relaxed);
-        let fh = self.handles.add_file(ino, file, on_lower);
-        let how = if !passthrough {
-            served
+        let (file, how) = if !self.passthrough.load(Ordering::Relaxed) {
+            (file, served)
         } else if let Some(b) = state.backing {
-            self.set_backing(fh, b.clone());
-            OpenAs::Passthrough(b)
+            (file, OpenAs::Passthrough(b))
         } else if state.served > 0 || (on_lower && self.upper.is_some()) {
-            served
+            (file, served)
         } else {
-            let h = self.handles.file(fh).ok_or(Errno::EBADF)?;
-            match h.file() {
-                Ok(f) => OpenAs::PassthroughNew(f),
-                Err(e) => {
-                    self.handles.remove_file(fh);
-                    return Err(e);
-                }
-            }
+            let f = file.open()?;
+            (Descriptor::Open(f.clone()), OpenAs::PassthroughNew(f))
         };
+        let fh = self.handles.add_file(ino, file, on_lower);
+        if let OpenAs::Passthrough(b) = &how {
+            self.set_backing(fh, b.clone());
+        }
         Ok(Opened { fh, how })
     }
 

@@ -35,6 +35,16 @@ pub enum Descriptor {
     Deferred(LayerPath),
 }
 
+impl Descriptor {
+    /// The file, opened now if its opening was deferred.
+    pub fn open(&self) -> Res<Arc<File>> {
+        match self {
+            Descriptor::Open(f) => Ok(f.clone()),
+            Descriptor::Deferred(p) => Ok(Arc::new(super::data::open_at(p, libc::O_RDONLY)?)),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct FileHandle {
     pub ino: u64,
@@ -62,10 +72,7 @@ impl FileHandle {
             return Ok(f.clone());
         }
         let mut d = self.descriptor.write();
-        let f = match &*d {
-            Descriptor::Open(f) => return Ok(f.clone()),
-            Descriptor::Deferred(p) => Arc::new(super::data::open_at(p, libc::O_RDONLY)?),
-        };
+        let f = d.open()?;
         *d = Descriptor::Open(f.clone());
         Ok(f)
     }
