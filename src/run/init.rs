@@ -1,12 +1,12 @@
 //! The container's init (pid 1 of its pid namespace) and the start of COMMAND under it.
 //!
-//! Init is a forked copy of the launcher, never an exec'd program: it builds the root
-//! ([`rootfs::enter`]) and allocates the terminal while the launcher puts it in its cgroup,
-//! waits for that, enters a new cgroup namespace, forks COMMAND and then only reaps children
-//! and forwards signals, like tini. It exits with COMMAND's status (128+N when a signal N
-//! killed it), and its exit tears the pid namespace down, killing whatever COMMAND left
-//! behind. Init makes itself non-dumpable so that the container cannot open
-//! `/proc/1/{root,exe,fd}`, which would lead back to the host.
+//! Init is a forked copy of the launcher, never an exec'd program: it enters its v1 cgroups
+//! itself, builds the root ([`rootfs::enter`]) and allocates the terminal while the launcher
+//! puts it in its v2 cgroup, waits for that, enters a new cgroup namespace, forks COMMAND and
+//! then only reaps children and forwards signals, like tini. It exits with COMMAND's status
+//! (128+N when a signal N killed it), and its exit tears the pid namespace down, killing
+//! whatever COMMAND left behind. Init makes itself non-dumpable so that the container cannot
+//! open `/proc/1/{root,exe,fd}`, which would lead back to the host.
 //!
 //! Failures are written to the report pipe as `CODE\nmessage` (125 setup, 126 cannot execute,
 //! 127 not found); the pipe is close-on-exec, so an empty report means COMMAND started.
@@ -24,6 +24,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::run::cgroup::Cgroup;
 use crate::run::rootfs::{self, Plan};
 use crate::run::spec::User;
 use crate::run::tty;
@@ -75,9 +76,9 @@ pub struct Channels {
 }
 
 /// Init's whole life; never returns.
-pub fn main(plan: &Plan<'_>, cmd: &Command, ch: Channels) -> ! {
+pub fn main(plan: &Plan<'_>, cmd: &Command, cg: &Cgroup, ch: Channels) -> ! {
     let mut report = File::from(ch.report);
-    let code = match init(plan, cmd, ch.go, ch.console, &mut report) {
+    let code = match init(plan, cmd, cg, ch.go, ch.console, &mut report) {
         Ok(code) => code,
         Err((code, msg)) => {
             let _ = write!(report, "{code}\n{msg}");
@@ -96,6 +97,7 @@ fn setup_err(what: &str, e: impl std::fmt::Display) -> Failure {
 fn init(
     plan: &Plan<'_>,
     cmd: &Command,
+    cg: &Cgroup,
     go: OwnedFd,
     console: Option<OwnedFd>,
     report: &mut File,
@@ -104,6 +106,10 @@ fn init(
     // the launcher, not a second time directly.
     let _ = nix::unistd::setsid();
     let sys = Linux;
+    // First, while the host's /sys/fs/cgroup is in sight: what the root costs is charged to
+    // the container.
+    cg.enter(&sys)
+        .map_err(|e| (SETUP_FAILED, error_chain(&e)))?;
     rootfs::enter(&sys, plan).map_err(|e| (SETUP_FAILED, error_chain(&e)))?;
     sys.set_undumpable()
         .map_err(|e| setup_err("cannot make init undumpable", e))?;
@@ -112,8 +118,8 @@ fn init(
         Some(sock) => Some(hand_over_terminal(&sock).map_err(|e| setup_err("terminal", e))?),
         None => None,
     };
-    // The root was built while the launcher moved init into its cgroup (a migration can take
-    // a scheduler grace period, ~10 ms); COMMAND must start inside it.
+    // The root was built while the launcher moved init into its v2 groups (such a move can
+    // wait for an RCU grace period, see `Cgroup::enter`); COMMAND must start inside them.
     let mut byte = [0u8; 1];
     match File::from(go).read(&mut byte) {
         Ok(1) => {}

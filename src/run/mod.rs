@@ -5,9 +5,9 @@
 //!    `merged/`) and starts the FUSE daemon that mounts the union on `merged/` in the host's
 //!    mount namespace (`daemon`);
 //! 2. creates the cgroup ([`cgroup`]), enters a new pid namespace for its next child and forks
-//!    init, which builds the root ([`rootfs`]) in its own mount, uts, ipc and net namespaces
-//!    while the launcher places it in the cgroup; once let go, init enters a new cgroup
-//!    namespace and starts COMMAND ([`init`]);
+//!    init, which enters its v1 groups and builds the root ([`rootfs`]) in its own mount, uts,
+//!    ipc and net namespaces while the launcher places it in its v2 group; once let go, init
+//!    enters a new cgroup namespace and starts COMMAND ([`init`]);
 //! 3. forwards signals to init, relays the terminal ([`tty`]), waits for init;
 //! 4. tears down in reverse through guards, so that every path (COMMAND's exit, a signal, an
 //!    error) removes the cgroup, unmounts the union, stops the daemon, and with `--rm` removes
@@ -269,7 +269,7 @@ fn start_and_wait_blocked(
                 report: rep_wr,
                 console: console_init,
             };
-            init::main(&plan, &command, ch)
+            init::main(&plan, &command, cg, ch)
         }
         Fork::Parent(pid) => pid,
     };
