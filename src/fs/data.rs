@@ -218,19 +218,27 @@ impl UnionFs {
     }
 
     pub fn do_read(&self, fh: u64, offset: u64, size: u32) -> Res<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.do_read_into(fh, offset, size, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// [`UnionFs::do_read`], appending the data to `out` (a reply buffer) instead.
+    pub fn do_read_into(&self, fh: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Res<()> {
         let f = self.handle_file(fh)?;
-        let mut buf = vec![0u8; size as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            match f.read_at(&mut buf[done..], offset + done as u64) {
+        let (start, size) = (out.len(), size as usize);
+        while out.len() - start < size {
+            let done = out.len() - start;
+            match crate::sys::io::pread_append(&*f, out, size - done, offset + done as u64) {
                 Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(errno_of(e)),
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    out.truncate(start);
+                    return Err(e);
+                }
             }
         }
-        buf.truncate(done);
-        Ok(buf)
+        Ok(())
     }
 
     /// Writes `data` at `offset` of open file `fh`; `kill_setid` as for `SetAttr`, for a

@@ -354,7 +354,7 @@ fn dispatch(
         }
         abi::FUSE_READ => {
             let a: abi::fuse_read_in = arg(op_in)?;
-            out.extend_from_slice(&fs.do_read(a.fh, a.offset, a.size)?);
+            fs.do_read_into(a.fh, a.offset, a.size, out)?;
         }
         abi::FUSE_WRITE => {
             let a: abi::fuse_write_in = arg(op_in)?;

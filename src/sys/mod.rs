@@ -8,6 +8,7 @@
 pub mod caps;
 pub mod fileattr;
 pub mod fuse_ring;
+pub mod io;
 pub mod ns;
 pub mod passthrough;
 pub mod process;
