@@ -90,6 +90,19 @@ fn kill_setid_of(f: &File) -> Res<()> {
 
 const WRITE_FLAGS: i32 = libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT;
 
+/// Clears `O_DIRECT` on a file the daemon itself will read and write for the kernel. Direct
+/// I/O needs buffers aligned to the device's blocks, and the daemon's are not; the kernel
+/// still bypasses its own page cache for the caller's `O_DIRECT` descriptor. Passthrough
+/// files keep the flag: the kernel does their I/O with the caller's buffers.
+fn buffered(f: &File) -> Res<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_retain(fcntl(f, FcntlArg::F_GETFL)?);
+    if flags.contains(OFlag::O_DIRECT) {
+        fcntl(f, FcntlArg::F_SETFL(flags - OFlag::O_DIRECT))?;
+    }
+    Ok(())
+}
+
 /// Opens the object named by `p` with `flags` (access mode and status flags), through its
 /// directory descriptor, never following a final symlink.
 pub(super) fn open_at(p: &LayerPath, flags: i32) -> Res<File> {
@@ -141,6 +154,9 @@ impl UnionFs {
             let f = file.open()?;
             (Descriptor::Open(f.clone()), OpenAs::PassthroughNew(f))
         };
+        if let (OpenAs::Served { .. }, Descriptor::Open(f)) = (&how, &file) {
+            buffered(f)?;
+        }
         let fh = self.handles.add_file(ino, file, on_lower);
         if let OpenAs::Passthrough(b) = &how {
             self.set_backing(fh, b.clone());
@@ -201,12 +217,11 @@ impl UnionFs {
             let _ns = self.ns.read();
             let node = self.node(ino)?;
             let (b, _) = self.locate(&node)?;
-            let direct = flags & libc::O_DIRECT;
-            if b.is_lower() && self.upper.is_some() && direct == 0 {
+            if b.is_lower() && self.upper.is_some() {
                 // Served by the daemon, mostly from the kept page cache: see `handle`.
                 (Descriptor::Deferred(b.path().clone()), true)
             } else {
-                let f = open_at(b.path(), libc::O_RDONLY | direct)?;
+                let f = open_at(b.path(), libc::O_RDONLY | (flags & libc::O_DIRECT))?;
                 (Descriptor::Open(Arc::new(f)), b.is_lower())
             }
         };

@@ -451,3 +451,57 @@ fn large_lower_file_copy_up_keeps_content() {
         assert_eq!(lstat(t, &e.p("big")).size(), 8 << 20, "{t}: st_size");
     }
 }
+
+/// `O_DIRECT` on a lower file, and on its copy-up while plain descriptors keep it served by the
+/// daemon: the daemon's own buffers are not block-aligned, so it must not do direct I/O for
+/// the caller (it did, and every such read failed with EINVAL).
+#[test]
+fn direct_io_on_lower_and_copied_up_files() {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !common::can_mount("direct_io_on_lower_and_copied_up_files") {
+        return;
+    }
+    const BLOCK: usize = 4096;
+    let data = pattern(4 * BLOCK, 7);
+    for t in targets() {
+        let e = Env::new(t, &[&[File("f", &data)]], &[]);
+        let direct = |write: bool| {
+            OpenOptions::new()
+                .read(true)
+                .write(write)
+                .custom_flags(libc::O_DIRECT)
+                .open(e.p("f"))
+                .unwrap_or_else(|err| panic!("{t}: open O_DIRECT (write: {write}): {err}"))
+        };
+        // Direct I/O wants a block-aligned buffer.
+        let mut mem = vec![0u8; 3 * BLOCK];
+        let at = mem.as_ptr().align_offset(BLOCK);
+        let block = &mut mem[at..at + BLOCK];
+        let ro = direct(false);
+        ro.read_exact_at(block, BLOCK as u64)
+            .unwrap_or_else(|err| panic!("{t}: direct read of the lower file: {err}"));
+        assert_eq!(block, &data[BLOCK..2 * BLOCK], "{t}: direct read");
+        let plain = std::fs::File::open(e.p("f")).expect("open read-only");
+        let rw = direct(true);
+        block.fill(b'D');
+        rw.write_all_at(block, 2 * BLOCK as u64)
+            .unwrap_or_else(|err| panic!("{t}: direct write after copy-up: {err}"));
+        block.fill(0);
+        ro.read_exact_at(block, 2 * BLOCK as u64)
+            .unwrap_or_else(|err| panic!("{t}: direct read after copy-up: {err}"));
+        assert!(
+            block.iter().all(|&b| b == b'D'),
+            "{t}: direct read sees the write"
+        );
+        let mut want = data.clone();
+        want[2 * BLOCK..3 * BLOCK].fill(b'D');
+        let mut seen = vec![0u8; want.len()];
+        plain.read_exact_at(&mut seen, 0).expect("plain read");
+        assert!(
+            seen == want,
+            "{t}: the plain descriptor sees the direct write"
+        );
+        assert!(read(t, &e.upper("f")) == want, "{t}: upper copy");
+        assert!(read(t, &e.lower(0, "f")) == data, "{t}: lower unchanged");
+    }
+}
