@@ -16,7 +16,6 @@ use nix::errno::Errno;
 
 use super::core::{entry_ttl, Res, UnionFs, TTL};
 use super::data::{OpenAs, SetAttr};
-use super::handle::Descriptor;
 use super::namespace::{Caller, NewObject};
 use super::uring;
 use crate::sys::fileattr::FileAttrOp;
@@ -593,11 +592,10 @@ impl Filesystem for Fuse {
         let _one_at_a_time = self.handles.open_lock.lock();
         match self.do_create(caller(req), parent.0, name, what) {
             Ok((attr, ttl, Some(file))) => {
-                let o =
-                    match self.register_open(attr.ino.0, Descriptor::Open(Arc::new(file)), false) {
-                        Ok(o) => o,
-                        Err(e) => return reply.error(err(e)),
-                    };
+                let o = match self.register_created(attr.ino.0, file, flags) {
+                    Ok(o) => o,
+                    Err(e) => return reply.error(err(e)),
+                };
                 let (fh, none) = (FileHandle(o.fh), FopenFlags::empty());
                 match self.backing_for(&o) {
                     Some(b) => passthrough::reply_created(reply, &ttl, &attr, fh, &b),

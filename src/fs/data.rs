@@ -139,7 +139,14 @@ impl UnionFs {
     /// and lower files of a read-only mount. A lower file of a writable mount is served by the
     /// daemon (with the page cache kept), so that a copy-up can move its open handles to the
     /// copy, as overlayfs does. Callers hold `handles.open_lock`.
-    pub(super) fn register_open(&self, ino: u64, file: Descriptor, on_lower: bool) -> Res<Opened> {
+    /// `direct`: `file` was opened with `O_DIRECT` (see [`buffered`]).
+    pub(super) fn register_open(
+        &self,
+        ino: u64,
+        file: Descriptor,
+        on_lower: bool,
+        direct: bool,
+    ) -> Res<Opened> {
         let state = self.handles.io_state(ino);
         let served = OpenAs::Served {
             keep_cache: on_lower,
@@ -154,7 +161,7 @@ impl UnionFs {
             let f = file.open()?;
             (Descriptor::Open(f.clone()), OpenAs::PassthroughNew(f))
         };
-        if let (OpenAs::Served { .. }, Descriptor::Open(f)) = (&how, &file) {
+        if let (true, OpenAs::Served { .. }, Descriptor::Open(f)) = (direct, &how, &file) {
             buffered(f)?;
         }
         let fh = self.handles.add_file(ino, file, on_lower);
@@ -162,6 +169,13 @@ impl UnionFs {
             self.set_backing(fh, b.clone());
         }
         Ok(Opened { fh, how })
+    }
+
+    /// [`UnionFs::register_open`] for the file `do_create` made, opened with the caller's
+    /// `flags`.
+    pub(super) fn register_created(&self, ino: u64, file: File, flags: i32) -> Res<Opened> {
+        let direct = flags & libc::O_DIRECT != 0;
+        self.register_open(ino, Descriptor::Open(Arc::new(file)), false, direct)
     }
 
     /// Records the passthrough registration of handle `fh`.
@@ -225,7 +239,7 @@ impl UnionFs {
                 (Descriptor::Open(Arc::new(f)), b.is_lower())
             }
         };
-        self.register_open(ino, file, on_lower)
+        self.register_open(ino, file, on_lower, flags & libc::O_DIRECT != 0)
     }
 
     fn handle_file(&self, fh: u64) -> Res<std::sync::Arc<File>> {

@@ -13,7 +13,6 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, TimeOrNow};
@@ -23,7 +22,6 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::core::{entry_ttl, Res, UnionFs, TTL};
 use super::data::{OpenAs, SetAttr};
-use super::handle::Descriptor;
 use super::namespace::{Caller, NewObject};
 use crate::sys::fileattr::FileAttrOp;
 
@@ -434,7 +432,7 @@ fn dispatch(
             let _one_at_a_time = fs.handles.open_lock.lock();
             let (attr, ttl, file) = fs.do_create(who, ino, n, what)?;
             let file = file.ok_or(Errno::EIO)?;
-            let o = fs.register_open(attr.ino.0, Descriptor::Open(Arc::new(file)), false)?;
+            let o = fs.register_created(attr.ino.0, file, a.flags as i32)?;
             put_entry(out, (attr, ttl));
             put_opened(fs, out, &o);
         }
