@@ -174,7 +174,8 @@ impl Filesystem for Fuse {
         }
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
+        uring::pace_forgets(&self.0, req.unique().0);
         self.do_forget(ino.0, nlookup)
     }
 

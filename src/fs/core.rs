@@ -77,6 +77,9 @@ pub struct UnionFs {
     pub(super) io_uring: bool,
     /// Whether the kernel agreed at init to send requests over io_uring.
     pub(super) uring_accepted: std::sync::atomic::AtomicBool,
+    /// Whether requests arrive over io_uring: set when a queue serves its first one, which
+    /// the kernel sends only once every queue is registered.
+    pub(super) uring_serving: std::sync::atomic::AtomicBool,
     /// The io_uring queue threads, once started.
     pub(super) queues: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -153,6 +156,7 @@ impl UnionFs {
             dev: std::sync::OnceLock::new(),
             io_uring: false,
             uring_accepted: std::sync::atomic::AtomicBool::new(false),
+            uring_serving: std::sync::atomic::AtomicBool::new(false),
             queues: Mutex::default(),
         })
     }

@@ -9,10 +9,14 @@
 //!
 //! Only requests go this way. INIT, FORGET and INTERRUPT stay on `/dev/fuse`, served by
 //! fuser's threads, as does everything the kernel sends before every queue has an entry; the
-//! two paths call the same operations. The kernel offers io_uring only when the `fuse`
-//! module's `enable_uring` parameter is set; otherwise nothing here starts.
+//! two paths call the same operations. Once the queues serve, those threads only drop
+//! references, and they pace themselves so that the kernel hands forgets over in batches
+//! (see [`pace_forgets`]). The kernel offers io_uring only when the `fuse` module's
+//! `enable_uring` parameter is set; otherwise nothing here starts.
 
+use std::cell::Cell;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,6 +36,10 @@ pub(super) const MAX_PAYLOAD: u32 = 1 << 20;
 
 /// How long a queue keeps retrying registration while the kernel finishes INIT.
 const REGISTER_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long a `/dev/fuse` thread waits after taking a FORGET off the connection, once the
+/// queues serve every request (see [`pace_forgets`]).
+const FORGET_PAUSE: Duration = Duration::from_millis(1);
 
 /// Whether the kernel will offer io_uring to a new connection.
 pub(super) fn enabled() -> bool {
@@ -102,6 +110,9 @@ fn serve_queue(fs: &UnionFs, dev: Arc<OwnedFd>, cpu: usize) {
     loop {
         match entry.serve_next() {
             Ok(()) => {
+                if !fs.uring_serving.load(Ordering::Relaxed) {
+                    fs.uring_serving.store(true, Ordering::Relaxed);
+                }
                 let (header, op_in, rest) = entry.request();
                 let unique = u64::from_ne_bytes(header[8..16].try_into().unwrap());
                 let error = super::wire::serve(fs, header, op_in, rest, &mut out);
@@ -119,6 +130,24 @@ fn serve_queue(fs: &UnionFs, dev: Arc<OwnedFd>, cpu: usize) {
                 break;
             }
         }
+    }
+}
+
+/// Called by a `/dev/fuse` thread before it drops the references of FORGET (or of one node of
+/// BATCH_FORGET) request `unique`. Once the queues serve, such a thread is woken for every
+/// inode the kernel evicts, one by one: an `rm -rf` of 1000 files woke it 1000 times, a
+/// third of the daemon's wake-ups, each competing for the CPUs with the caller and the
+/// queues. Nobody waits for a forget, so after each one taken off the connection the thread
+/// pauses, and the kernel queues the next ones to hand over in one BATCH_FORGET. fuser passes
+/// each node of a batch on separately, with the batch's request id: the pause is taken once
+/// per request. INTERRUPT, the only other request left on `/dev/fuse`, waits at most
+/// [`FORGET_PAUSE`] more. Measured on `rm -rf` of a 1000-entry lower directory, 9 interleaved
+/// rounds: 108 → 85 ms median (kernel overlayfs 45 ms); pauses of 0.2 and 3 ms gave 100 and
+/// 89 ms against 108 without.
+pub(super) fn pace_forgets(fs: &UnionFs, unique: u64) {
+    thread_local!(static LAST: Cell<u64> = const { Cell::new(0) });
+    if LAST.replace(unique) != unique && fs.uring_serving.load(Ordering::Relaxed) {
+        std::thread::sleep(FORGET_PAUSE);
     }
 }
 
