@@ -16,6 +16,7 @@ use nix::errno::Errno;
 
 use super::core::{entry_ttl, Res, UnionFs, TTL};
 use super::data::{OpenAs, SetAttr};
+use super::handle::Plus;
 use super::namespace::{Caller, NewObject};
 use super::uring;
 use crate::sys::fileattr::FileAttrOp;
@@ -460,32 +461,43 @@ impl Filesystem for Fuse {
             Ok(e) => e,
             Err(e) => return reply.error(err(e)),
         };
+        let resolver = match self.plus_resolver(ino.0) {
+            Ok(r) => r,
+            Err(e) => return reply.error(err(e)),
+        };
+        let mut sent = Vec::new();
         for e in &entries[start..] {
             let next = e.cookie;
-            let full = match &e.plus {
-                Some((node, attr)) => {
-                    let ttl = entry_ttl(node, attr);
-                    let full = reply.add(INodeNo(e.ino), next, &e.name, &ttl, attr, GEN);
-                    if !full {
-                        // Every entry the kernel receives counts as a lookup.
-                        self.count_lookup(node.clone());
-                    }
-                    full
+            let full = if matches!(e.plus, Plus::Dot) {
+                // `.` and `..`: the kernel does not instantiate them, but their inode number
+                // (taken from the attributes) is the d_ino userspace sees.
+                let attr = FileAttr {
+                    ino: INodeNo(e.ino),
+                    kind: e.kind,
+                    ..negative_attr()
+                };
+                reply.add(INodeNo(e.ino), next, &e.name, &Duration::ZERO, &attr, GEN)
+            } else {
+                let (node, attr) = match resolver.plus(e) {
+                    Ok(Some(found)) => found,
+                    // A name gone since the listing was read is left out.
+                    Ok(None) => continue,
+                    Err(e) => return reply.error(err(e)),
+                };
+                let ttl = entry_ttl(&node, &attr);
+                let full = reply.add(attr.ino, next, &e.name, &ttl, &attr, GEN);
+                if !full {
+                    sent.push(node);
                 }
-                None => {
-                    // `.` and `..`: the kernel does not instantiate them, but their inode
-                    // number (taken from the attributes) is the d_ino userspace sees.
-                    let attr = FileAttr {
-                        ino: INodeNo(e.ino),
-                        kind: e.kind,
-                        ..negative_attr()
-                    };
-                    reply.add(INodeNo(e.ino), next, &e.name, &Duration::ZERO, &attr, GEN)
-                }
+                full
             };
             if full {
                 break;
             }
+        }
+        // Every entry the kernel receives counts as a lookup.
+        for node in sent {
+            self.count_lookup(node);
         }
         reply.ok()
     }

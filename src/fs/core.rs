@@ -16,11 +16,11 @@ use nix::errno::Errno;
 use nix::sys::stat::FileStat;
 use parking_lot::Mutex;
 
-use super::handle::{DirEntry, Handles};
+use super::handle::{DirEntry, Handles, Plus};
 use super::inode::{Node, NodeLower, Table, UpperAbsence, ROOT};
 use super::nslock::NsLock;
 use crate::cow::Upper;
-use crate::layer_index::{self, is_dir, DirView, LayerPath, Layers, Resolved};
+use crate::layer_index::{self, is_dir, DirView, LayerPath, Layers, Resolved, Shown};
 
 pub type Res<T> = Result<T, Errno>;
 
@@ -97,7 +97,11 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
 }
 
 pub fn kind_of(st: &FileStat) -> FileType {
-    match st.st_mode & libc::S_IFMT {
+    kind_of_mode(st.st_mode)
+}
+
+fn kind_of_mode(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
         libc::S_IFDIR => FileType::Directory,
         libc::S_IFLNK => FileType::Symlink,
         libc::S_IFCHR => FileType::CharDevice,
@@ -449,36 +453,54 @@ impl UnionFs {
         let _ns = self.ns.read();
         let node = self.node(ino)?;
         let view = self.dir_view(ino)?;
-        let list = self.layers.list(&view)?;
+        let list = self.layers.list_shallow(&view)?;
         let mut entries = Vec::with_capacity(list.len() + 2);
         entries.push(DirEntry {
             ino,
             kind: FileType::Directory,
             name: ".".into(),
-            plus: None,
+            plus: Plus::Dot,
             cookie: 1,
         });
         entries.push(DirEntry {
             ino: node.parent,
             kind: FileType::Directory,
             name: "..".into(),
-            plus: None,
+            plus: Plus::Dot,
             cookie: 2,
         });
         for e in list {
-            let st = e.resolved.stat().expect("listed entries exist");
-            let node = self.node_from(ino, &view, &e.name, &e.resolved);
-            let attr = self.resolved_attr(&node, &e.resolved)?;
+            let (ino, plus) = match e.shown {
+                Shown::Lower { ino } => (ino, Plus::Later),
+                Shown::Resolved(r) => {
+                    let node = self.node_from(ino, &view, &e.name, &r);
+                    let attr = self.resolved_attr(&node, &r)?;
+                    (node.ino, Plus::Ready(Box::new((node, attr))))
+                }
+            };
             entries.push(DirEntry {
-                ino: node.ino,
-                kind: kind_of(st),
+                ino,
+                kind: kind_of_mode(e.kind.bits()),
                 cookie: name_cookie(&e.name),
                 name: e.name,
-                plus: Some((node, attr)),
+                plus,
             });
         }
         entries.sort_by_key(|e| e.cookie);
         Ok(entries)
+    }
+
+    /// Resolves, for readdirplus, the entries of directory `ino`'s listing that were listed
+    /// without their attributes (see [`Plus::Later`]).
+    pub fn plus_resolver(&self, ino: u64) -> Res<PlusResolver<'_>> {
+        let ns = self.ns.read();
+        let view = self.dir_view(ino)?;
+        Ok(PlusResolver {
+            fs: self,
+            dir: ino,
+            view,
+            _ns: ns,
+        })
     }
 
     pub fn do_statfs(&self) -> Res<nix::sys::statvfs::Statvfs> {
@@ -487,5 +509,34 @@ impl UnionFs {
             None => self.layers.lowers[0].root.clone().into(),
         };
         nix::sys::statvfs::statvfs(&*root)
+    }
+}
+
+/// Looks up the attributes of listed entries as readdirplus sends them, under one shared hold
+/// of the namespace lock and one view of the directory.
+pub struct PlusResolver<'a> {
+    fs: &'a UnionFs,
+    dir: u64,
+    view: DirView,
+    _ns: parking_lot::RwLockReadGuard<'a, ()>,
+}
+
+impl PlusResolver<'_> {
+    /// The node and attributes of `e`, as a lookup would give them; none for `.` and `..`,
+    /// and for a name gone since the listing was read (POSIX lets a listing show it or not).
+    pub fn plus(&self, e: &DirEntry) -> Res<Option<(Node, FileAttr)>> {
+        match &e.plus {
+            Plus::Dot => Ok(None),
+            Plus::Ready(ready) => Ok(Some((**ready).clone())),
+            Plus::Later => {
+                let r = self.fs.layers.resolve(&self.view, &e.name)?;
+                if !r.exists() {
+                    return Ok(None);
+                }
+                let node = self.fs.node_from(self.dir, &self.view, &e.name, &r);
+                let attr = self.fs.resolved_attr(&node, &r)?;
+                Ok(Some((node, attr)))
+            }
+        }
     }
 }

@@ -89,10 +89,23 @@ pub struct DirEntry {
     pub ino: u64,
     pub kind: fuser::FileType,
     pub name: OsString,
-    /// The entry's node and attributes, for readdirplus (none for `.` and `..`).
-    pub plus: Option<(super::inode::Node, fuser::FileAttr)>,
+    /// The entry's node and attributes, for readdirplus.
+    pub plus: Plus,
     /// The offset of the entry after this one (see `UnionFs::do_readdir`).
     pub cookie: u64,
+}
+
+/// What readdirplus sends of a listed entry besides its name.
+#[derive(Debug, Clone)]
+pub enum Plus {
+    /// `.` and `..`: the kernel does not instantiate them, so only their inode number.
+    Dot,
+    /// The node and attributes, resolved with the listing.
+    Ready(Box<(super::inode::Node, fuser::FileAttr)>),
+    /// Listed from directory entries alone: resolved when sent with its attributes, which the
+    /// kernel asks for with the first buffer of a listing and seldom with the others (see
+    /// `core::PlusResolver`).
+    Later,
 }
 
 /// How many listings in the middle of being read are kept at once.

@@ -22,6 +22,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::core::{entry_ttl, Res, UnionFs, TTL};
 use super::data::{OpenAs, SetAttr};
+use super::handle::Plus;
 use super::namespace::{Caller, NewObject};
 use crate::sys::fileattr::FileAttrOp;
 
@@ -490,40 +491,54 @@ fn readdir(
     out: &mut Vec<u8>,
 ) -> Res<()> {
     let (entries, start) = fs.do_readdir(ino, a.offset)?;
+    let resolver = if plus {
+        Some(fs.plus_resolver(ino)?)
+    } else {
+        None
+    };
     let max = a.size as usize;
+    let mut sent = Vec::new();
     for e in &entries[start..] {
         let name = e.name.as_bytes();
-        let d = abi::fuse_dirent {
-            ino: e.ino,
-            off: e.cookie,
-            namelen: name.len() as u32,
-            typ: type_bits(e.kind) >> 12,
-            name: [],
-        };
-        let head = match (&e.plus, plus) {
-            (_, false) => None,
-            (Some((node, attr)), true) => {
-                Some(entry_out(e.ino, entry_ttl(node, attr), attr_out(attr)))
-            }
+        let (found, head) = match &resolver {
+            None => (None, None),
             // `.` and `..`: not instantiated by the kernel (see `adapter::readdirplus`).
-            (None, true) => {
+            Some(_) if matches!(e.plus, Plus::Dot) => {
                 let attr = abi::fuse_attr {
                     ino: e.ino,
                     mode: type_bits(e.kind),
                     ..Default::default()
                 };
-                Some(entry_out(e.ino, Duration::ZERO, attr))
+                (None, Some(entry_out(e.ino, Duration::ZERO, attr)))
             }
+            Some(r) => {
+                // A name gone since the listing was read is left out.
+                let Some((node, attr)) = r.plus(e)? else {
+                    continue;
+                };
+                let head = entry_out(attr.ino.0, entry_ttl(&node, &attr), attr_out(&attr));
+                (Some(node), Some(head))
+            }
+        };
+        // With attributes, the entry says what they say.
+        let (ino, typ) = head
+            .as_ref()
+            .map_or((e.ino, type_bits(e.kind)), |h| (h.nodeid, h.attr.mode));
+        let d = abi::fuse_dirent {
+            ino,
+            off: e.cookie,
+            namelen: name.len() as u32,
+            typ: (typ & libc::S_IFMT) >> 12,
+            name: [],
         };
         if !put_dirent(out, max, head, d, name) {
             break;
         }
-        if plus {
-            if let Some((node, _)) = &e.plus {
-                // Every entry the kernel receives counts as a lookup.
-                fs.count_lookup(node.clone());
-            }
-        }
+        sent.extend(found);
+    }
+    // Every entry the kernel receives counts as a lookup.
+    for node in sent {
+        fs.count_lookup(node);
     }
     Ok(())
 }

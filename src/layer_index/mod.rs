@@ -2,8 +2,9 @@
 //! out, what is opaque, what a merged directory lists, and each object's stable inode number.
 //!
 //! This is pure logic over directory entries: no FUSE types. Every lookup and listing of the
-//! filesystem goes through [`Layers::resolve`] and [`Layers::list`], so that a faster index
-//! (one lookup instead of one per layer) can replace their insides without touching the callers.
+//! filesystem goes through [`Layers::resolve`] and [`Layers::list`] (or its cheaper
+//! [`Layers::list_shallow`]), so that a faster index (one lookup instead of one per layer) can
+//! replace their insides without touching the callers.
 //!
 //! Lower layers are immutable: a lower location `(layer, path)` found once stays valid for the
 //! life of the mount. Only the upper changes, and only through this daemon.
@@ -40,7 +41,16 @@ pub struct Layer {
     st: FileStat,
     /// The root, held open so that paths inside the layer can be short (see [`LayerRoot`]).
     base: LayerRoot,
+    /// Whether the layer's directory entries tell what stat would of their objects' type and
+    /// number: the layer is on a local file system whose entries carry `d_type`, with one
+    /// device for every object and `d_ino` equal to `st_ino` (not so on overlayfs, btrfs with
+    /// subvolumes, or network file systems). Only then is a lower name listed from its entry.
+    entries_exact: bool,
 }
+
+/// `statfs` types of the file systems whose directory entries are exact (see
+/// [`Layer::entries_exact`]): ext2/3/4, XFS, tmpfs.
+const EXACT_ENTRY_FS: [libc::c_long; 3] = [0xEF53, 0x5846_5342, 0x0102_1994];
 
 impl Layer {
     /// Opens the layer rooted at `root` (which must be a directory).
@@ -55,11 +65,15 @@ impl Layer {
             None => LayerRoot::open(root)?,
         };
         let st = base.stat()?;
+        let entries_exact = base
+            .fs_type()
+            .is_ok_and(|t| EXACT_ENTRY_FS.contains(&(t.0 as libc::c_long)));
         Ok(Layer {
             root: root.to_path_buf(),
             dev: st.st_dev,
             st,
             base,
+            entries_exact,
         })
     }
 
@@ -152,6 +166,24 @@ pub struct ListEntry {
     pub resolved: Resolved,
 }
 
+/// An entry of a merged listing read by [`Layers::list_shallow`].
+#[derive(Debug, Clone)]
+pub struct ShallowEntry {
+    pub name: OsString,
+    /// The file type bits of the object shown.
+    pub kind: SFlag,
+    pub shown: Shown,
+}
+
+/// How a [`ShallowEntry`] was settled.
+#[derive(Debug, Clone)]
+pub enum Shown {
+    /// By lower layers' directory entries alone: the object's stable inode number.
+    Lower { ino: u64 },
+    /// By resolution, as [`Layers::list`] does.
+    Resolved(Box<Resolved>),
+}
+
 /// The whole stack: an optional writable upper over read-only lowers (top first).
 #[derive(Debug)]
 pub struct Layers {
@@ -189,9 +221,19 @@ enum Seen {
     Object(FileStat),
 }
 
-/// The names of one directory, read for a merged listing: resolving each listed name can then
-/// skip the stat of names a layer does not have.
-type Names = std::collections::HashSet<OsString>;
+/// The names of one directory, read for a merged listing, with what its entry says of each:
+/// resolving a listed name can then skip the stat of names a layer does not have, and a name
+/// that only lower layers hold is listed from its entry alone (see [`Layers::list_shallow`]).
+type Names = HashMap<OsString, Dent>;
+
+/// What a directory entry says of its object, without a stat.
+#[derive(Debug, Clone, Copy)]
+struct Dent {
+    /// The type (`d_type`), when the file system reports it.
+    kind: Option<nix::dir::Type>,
+    /// The inode number (`d_ino`).
+    ino: u64,
+}
 
 /// Looks at `dir/name` in one layer, reading both whiteout formats; an AUFS marker only when
 /// `markers` (there are layers below for it to hide). `listed`, when given, is that
@@ -201,8 +243,8 @@ fn look(dir: &LayerPath, name: &OsStr, listed: Option<&Names>, markers: bool) ->
         return Ok(Seen::Nothing);
     }
     if let Some(names) = listed {
-        if !names.contains(name) {
-            let marked = markers && names.contains(&whiteout::aufs_whiteout_name(name));
+        if !names.contains_key(name) {
+            let marked = markers && names.contains_key(&whiteout::aufs_whiteout_name(name));
             return Ok(if marked { Seen::Marker } else { Seen::Nothing });
         }
     }
@@ -525,15 +567,89 @@ impl Layers {
     /// The merged listing of `dir`: every visible name once, resolved, in a stable order
     /// (upper names first, then each lower's new names, each in its directory's order).
     pub fn list(&self, dir: &DirView) -> nix::Result<Vec<ListEntry>> {
+        let (order, listed) = self.read_layers(dir)?;
+        let mut out = Vec::with_capacity(order.len());
+        for name in order {
+            let resolved = self.resolve_in(dir, &name, Some(&listed))?;
+            if resolved.exists() {
+                out.push(ListEntry { name, resolved });
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Layers::list`], resolving only the names that directory entries cannot settle. A
+    /// name that only lower layers hold shows the top-most entry at it, with that entry's
+    /// type and inode number where the layer's entries are exact (see `Layer`); a marker
+    /// above it hides it. What the upper holds or marks,
+    /// and an entry that may be a whiteout (a character device) or reports no type, is
+    /// resolved as by `list`. A big lower directory is so listed with one `getdents` per layer
+    /// instead of a stat per name; the attributes of the few names sent with attributes are
+    /// looked up when they are sent.
+    pub fn list_shallow(&self, dir: &DirView) -> nix::Result<Vec<ShallowEntry>> {
+        let (order, listed) = self.read_layers(dir)?;
+        let mut out = Vec::with_capacity(order.len());
+        for name in order {
+            match self.shown_by_entries(&name, &listed) {
+                Some(Some((kind, ino))) => out.push(ShallowEntry {
+                    name,
+                    kind,
+                    shown: Shown::Lower { ino },
+                }),
+                Some(None) => {}
+                None => {
+                    let resolved = self.resolve_in(dir, &name, Some(&listed))?;
+                    if let Some(st) = resolved.stat() {
+                        out.push(ShallowEntry {
+                            name,
+                            kind: file_type(st),
+                            shown: Shown::Resolved(Box::new(resolved)),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the entries read into `listed` say of `name`: shown, as the type and mapped inode
+    /// number of its top-most lower entry; hidden (`Some(None)`); or not settled by them.
+    fn shown_by_entries(&self, name: &OsStr, listed: &Listed) -> Option<Option<(SFlag, u64)>> {
+        if let Some(upper) = &listed.upper {
+            if upper.contains_key(name) || upper.contains_key(&whiteout::aufs_whiteout_name(name)) {
+                return None;
+            }
+        }
+        for (layer, _, names) in &listed.lowers {
+            if let Some(dent) = names.get(name) {
+                if !self.lowers[*layer].entries_exact {
+                    return None;
+                }
+                let kind = dent_kind(dent.kind?)?;
+                return Some(Some((
+                    kind,
+                    self.inos.map(self.lowers[*layer].dev, dent.ino),
+                )));
+            }
+            if names.contains_key(&whiteout::aufs_whiteout_name(name)) {
+                return Some(None);
+            }
+        }
+        Some(None)
+    }
+
+    /// Reads the layer directories of `dir`: every name that may show in it, once, in listing
+    /// order (a name an AUFS marker hides stands for the marker), and each directory's entries.
+    fn read_layers(&self, dir: &DirView) -> nix::Result<(Vec<OsString>, Listed)> {
         let mut order: Vec<OsString> = Vec::new();
         let mut seen: HashMap<OsString, ()> = HashMap::new();
         let mut listed = Listed::default();
-        let mut add = |names: &[OsString]| {
-            for n in names.iter().cloned() {
-                let n = match whiteout::aufs_hidden_name(&n) {
+        let mut add = |names: &[(OsString, Dent)]| {
+            for (n, _) in names {
+                let n = match whiteout::aufs_hidden_name(n) {
                     Some(hidden) => hidden.to_os_string(),
-                    None if whiteout::is_aufs_marker(&n) => continue,
-                    None => n,
+                    None if whiteout::is_aufs_marker(n) => continue,
+                    None => n.clone(),
                 };
                 if seen.insert(n.clone(), ()).is_none() {
                     order.push(n);
@@ -552,14 +668,7 @@ impl Layers {
                 .lowers
                 .push((d.layer, d.path.to_path_buf(), names.into_iter().collect()));
         }
-        let mut out = Vec::with_capacity(order.len());
-        for name in order {
-            let resolved = self.resolve_in(dir, &name, Some(&listed))?;
-            if resolved.exists() {
-                out.push(ListEntry { name, resolved });
-            }
-        }
-        Ok(out)
+        Ok((order, listed))
     }
 
     /// The stable inode number of a resolved object (see [`InoMapper`]).
@@ -638,8 +747,8 @@ impl Listed {
     }
 }
 
-/// The names in a directory, without `.` and `..`.
-fn read_names(dir: &LayerPath) -> nix::Result<Vec<OsString>> {
+/// The entries of a directory, without `.` and `..`, in the directory's order.
+fn read_names(dir: &LayerPath) -> nix::Result<Vec<(OsString, Dent)>> {
     let (at, rel) = dir.at();
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     let mut d = match nix::dir::Dir::openat(at, rel, flags, Mode::empty()) {
@@ -652,10 +761,29 @@ fn read_names(dir: &LayerPath) -> nix::Result<Vec<OsString>> {
         let e = e?;
         let name = e.file_name().to_bytes();
         if name != b"." && name != b".." {
-            names.push(OsStr::from_bytes(name).to_os_string());
+            let dent = Dent {
+                kind: e.file_type(),
+                ino: e.ino(),
+            };
+            names.push((OsStr::from_bytes(name).to_os_string(), dent));
         }
     }
     Ok(names)
+}
+
+/// The file type bits of a directory entry's type; none for a character device (which may be
+/// a whiteout).
+fn dent_kind(t: nix::dir::Type) -> Option<SFlag> {
+    use nix::dir::Type;
+    Some(match t {
+        Type::Fifo => SFlag::S_IFIFO,
+        Type::CharacterDevice => return None,
+        Type::Directory => SFlag::S_IFDIR,
+        Type::BlockDevice => SFlag::S_IFBLK,
+        Type::File => SFlag::S_IFREG,
+        Type::Symlink => SFlag::S_IFLNK,
+        Type::Socket => SFlag::S_IFSOCK,
+    })
 }
 
 /// The file type bits of a stat result.

@@ -72,6 +72,11 @@ impl LayerRoot {
         fstat(&*self.fd)
     }
 
+    /// The type of the file system the layer is on (`statfs`'s `f_type`).
+    pub fn fs_type(&self) -> nix::Result<nix::sys::statfs::FsType> {
+        nix::sys::statfs::fstatfs(self.fd.as_fd()).map(|s| s.filesystem_type())
+    }
+
     /// The attributes of the entry `name` directly in the root, not following a symlink: one
     /// lookup from the held descriptor, where a path would walk from `/` again.
     pub fn stat_entry(&self, name: &OsStr) -> nix::Result<FileStat> {

@@ -106,10 +106,26 @@ fn view_in(layers: &Layers, path: &str) -> DirView {
     view
 }
 
+/// The merged listing of `dir`, checking that the shallow listing shows the same names, types
+/// and inode numbers.
 fn names_in(layers: &Layers, dir: &str) -> Vec<String> {
-    let mut v: Vec<String> = layers
-        .list(&view_in(layers, dir))
-        .expect("list")
+    let view = view_in(layers, dir);
+    let full = layers.list(&view).expect("list");
+    let shallow = layers.list_shallow(&view).expect("shallow list");
+    assert_eq!(
+        full.iter().map(|e| &e.name).collect::<Vec<_>>(),
+        shallow.iter().map(|e| &e.name).collect::<Vec<_>>(),
+        "shallow listing of {dir:?}"
+    );
+    for (f, s) in full.iter().zip(&shallow) {
+        let st = f.resolved.stat().expect("listed entries exist");
+        assert_eq!(s.kind, file_type(st), "type of {dir:?}/{:?}", f.name);
+        if let Shown::Lower { ino } = s.shown {
+            let want = layers.ino_of(&view, &f.name, &f.resolved);
+            assert_eq!(ino, want, "inode number of {dir:?}/{:?}", f.name);
+        }
+    }
+    let mut v: Vec<String> = full
         .into_iter()
         .map(|e| e.name.to_string_lossy().into_owned())
         .collect();
@@ -259,4 +275,38 @@ fn deep_stacks_answer_the_same_through_the_presence_map() {
     assert_eq!(s.names(""), ["d", "new", "o"]);
     assert_eq!(s.read("new/f").as_deref(), Some("moved"));
     assert_eq!(s.view("d").lowers.len(), 3);
+}
+
+#[test]
+fn lower_names_are_listed_from_their_entries() {
+    let s = build(
+        2,
+        &[
+            ("l1", "d/file", File("l1")),
+            ("l1", "d/sub/x", File("x")),
+            ("l1", "d/hidden", File("l1")),
+            ("l0", "d/file", File("l0")),
+            ("l0", "d/sub/y", File("y")),
+            ("l0", "d/hidden", Wh),
+            ("upper", "d/up", File("up")),
+        ],
+    );
+    assert_eq!(s.names("d"), ["file", "sub", "up"]);
+    let view = s.view("d");
+    let shallow = s.layers.list_shallow(&view).expect("shallow list");
+    let shown = |name: &str| {
+        &shallow
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("{name} listed"))
+            .shown
+    };
+    // Only lower layers hold these: no resolution needed, where their entries say enough.
+    let exact = s.layers.lowers.iter().all(|l| l.entries_exact);
+    for name in ["file", "sub"] {
+        let listed_from_entry = matches!(shown(name), Shown::Lower { .. });
+        assert_eq!(listed_from_entry, exact, "{name} (entries exact: {exact})");
+    }
+    // The upper holds this one: resolved.
+    assert!(matches!(shown("up"), Shown::Resolved(_)));
 }
