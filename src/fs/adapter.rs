@@ -332,14 +332,22 @@ impl Filesystem for Fuse {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _s = tracing::debug_span!("open", ino = ino.0, flags = flags.0).entered();
-        let _one_at_a_time = self.handles.open_lock.lock();
-        let o = match self.do_open(ino.0, flags.0) {
-            Ok(o) => o,
-            Err(e) => return reply.error(err(e)),
+        let (mut o, backing) = {
+            let _one_at_a_time = self.handles.open_lock.lock();
+            match self.do_open(ino.0, flags.0) {
+                Ok(o) => {
+                    let backing = self.backing_for(&o);
+                    (o, backing)
+                }
+                Err(e) => return reply.error(err(e)),
+            }
         };
+        if let Some(p) = o.preload.take() {
+            self.preload(p);
+        }
         let fh = FileHandle(o.fh);
         let keep_cache = matches!(o.how, OpenAs::Served { keep_cache: true });
-        match self.backing_for(&o) {
+        match backing {
             Some(b) => passthrough::reply_opened(reply, fh, &b),
             None => reply.opened(fh, cache_flags(keep_cache)),
         }

@@ -147,6 +147,7 @@ impl UnionFs {
             lower: root.lower.as_ref().map(|l| NodeLower::new(l, &root_path)),
             lower_dirs: root.lower_dirs.clone(),
             upper_absence: UpperAbsence::default(),
+            first_open: Default::default(),
         });
         Ok(UnionFs {
             layers,
@@ -354,6 +355,7 @@ impl UnionFs {
             lower: r.lower.as_ref().map(|l| NodeLower::new(l, &alias)),
             lower_dirs: r.lower_dirs.clone(),
             upper_absence: UpperAbsence::default(),
+            first_open: Default::default(),
         }
     }
 
@@ -491,7 +493,7 @@ impl UnionFs {
     }
 
     /// Resolves, for readdirplus, the entries of directory `ino`'s listing that were listed
-    /// without their attributes (see [`Plus::Later`]).
+    /// without their attributes (see `Plus::Later`).
     pub fn plus_resolver(&self, ino: u64) -> Res<PlusResolver<'_>> {
         let ns = self.ns.read();
         let view = self.dir_view(ino)?;

@@ -17,7 +17,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
 use super::core::{errno_of, Res, UnionFs};
-use super::handle::Descriptor;
+use super::handle::{Descriptor, Preloading};
 use crate::layer_index::LayerPath;
 use crate::sys::fileattr::{self, FileAttrOp};
 use crate::sys::passthrough::BackingFile;
@@ -32,6 +32,16 @@ use crate::whiteout;
 /// listed and set as usual. With SELinux enabled, the kernel answers for the label itself and
 /// this is never asked.
 const SELINUX_LABEL: &str = "security.selinux";
+
+/// Lower files up to this size are preloaded (see [`UnionFs::preload`]).
+const PRELOAD_MAX: u64 = 128 * 1024;
+
+/// The size of `f` if it is a regular file worth preloading.
+fn preload_size(f: &File) -> Option<u64> {
+    let st = nix::sys::stat::fstat(f).ok()?;
+    let size = st.st_size as u64;
+    (st.st_mode & libc::S_IFMT == libc::S_IFREG && size > 0 && size <= PRELOAD_MAX).then_some(size)
+}
 
 /// The attribute changes of one setattr call.
 #[derive(Debug, Default)]
@@ -131,6 +141,16 @@ pub enum OpenAs {
 pub struct Opened {
     pub fh: u64,
     pub how: OpenAs,
+    /// To be carried out (by [`UnionFs::preload`]) before the open is answered.
+    pub preload: Option<Preload>,
+}
+
+/// A first open's preload, not yet carried out (see [`UnionFs::preload`]).
+pub struct Preload {
+    ino: u64,
+    file: Arc<File>,
+    size: u64,
+    _busy: Preloading,
 }
 
 impl UnionFs {
@@ -168,7 +188,11 @@ impl UnionFs {
         if let OpenAs::Passthrough(b) = &how {
             self.set_backing(fh, b.clone());
         }
-        Ok(Opened { fh, how })
+        Ok(Opened {
+            fh,
+            how,
+            preload: None,
+        })
     }
 
     /// [`UnionFs::register_open`] for the file `do_create` made, opened with the caller's
@@ -212,10 +236,13 @@ impl UnionFs {
         }
     }
 
-    /// Opens `ino`; opening for writing (or truncating) copies it up first.
+    /// Opens `ino`; opening for writing (or truncating) copies it up first. Callers hold
+    /// `handles.open_lock`, then carry out its `preload` once they released it.
     pub fn do_open(&self, ino: u64, flags: i32) -> Res<Opened> {
+        self.handles.preloads.wait(ino);
         let acc = flags & libc::O_ACCMODE;
         let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let mut preload = None;
         let (file, on_lower) = if writes {
             let truncate = flags & libc::O_TRUNC != 0;
             if !truncate {
@@ -232,14 +259,62 @@ impl UnionFs {
             let node = self.node(ino)?;
             let (b, _) = self.locate(&node)?;
             if b.is_lower() && self.upper.is_some() {
-                // Served by the daemon, mostly from the kept page cache: see `handle`.
-                (Descriptor::Deferred(b.path().clone()), true)
+                if flags & libc::O_DIRECT == 0 && self.first_open(&node) {
+                    let f = Arc::new(open_at(b.path(), libc::O_RDONLY)?);
+                    preload = preload_size(&f).map(|size| (f.clone(), size));
+                    (Descriptor::Open(f), true)
+                } else {
+                    // Served by the daemon, mostly from the kept page cache: see `handle`.
+                    (Descriptor::Deferred(b.path().clone()), true)
+                }
             } else {
                 let f = open_at(b.path(), libc::O_RDONLY | (flags & libc::O_DIRECT))?;
                 (Descriptor::Open(Arc::new(f)), b.is_lower())
             }
         };
-        self.register_open(ino, file, on_lower, flags & libc::O_DIRECT != 0)
+        let mut opened = self.register_open(ino, file, on_lower, flags & libc::O_DIRECT != 0)?;
+        opened.preload = preload.map(|(file, size)| Preload {
+            ino,
+            file,
+            size,
+            _busy: self.handles.preloads.start(ino),
+        });
+        Ok(opened)
+    }
+
+    /// Whether this is the first open of lower file `node` since the kernel looked it up, with
+    /// no other open of it under way (callers hold `handles.open_lock`). Claims it: later
+    /// opens are not first.
+    fn first_open(&self, node: &super::inode::Node) -> bool {
+        !node.first_open.is_past()
+            && self.handles.io_state(node.ino).is_idle()
+            && node.first_open.claim()
+    }
+
+    /// Preloading: a small lower file's data is put into the kernel's page cache (a
+    /// FUSE_NOTIFY_STORE) before its first open is answered, so that reading it costs no READ
+    /// round trip, nor the GETATTR that the atime invalidation after a READ brings to the next
+    /// `stat`. Programs mostly open a file to read it whole, and a READ of a file this small
+    /// would have fetched all of it anyway (the kernel's first read-ahead is 128 KiB).
+    ///
+    /// Only where nothing else fills or changes that cache meanwhile: the inode has no other
+    /// open file (so no read-ahead or mmap is filling it), and until the preload ends, other
+    /// opens of the inode and truncations by path wait for it (`handles.preloads`); anything
+    /// else that changes data needs an open file. It runs without `open_lock`, so that a
+    /// preload reading from disk holds up no open of another file. The kernel keeps what was
+    /// stored, as it keeps pages read before, since the open is answered with
+    /// FOPEN_KEEP_CACHE. Failing to preload loses nothing: reads then ask for the data.
+    pub fn preload(&self, p: Preload) {
+        let Some(n) = self.notifier.get() else {
+            return;
+        };
+        let mut buf = Vec::new();
+        if crate::sys::io::pread_full_append(&*p.file, &mut buf, p.size as usize, 0).is_err() {
+            return;
+        }
+        if let Err(e) = n.store(fuser::INodeNo(p.ino), 0, &buf) {
+            tracing::debug!(ino = p.ino, error = %e, "preload not delivered");
+        }
     }
 
     fn handle_file(&self, fh: u64) -> Res<std::sync::Arc<File>> {
@@ -255,18 +330,7 @@ impl UnionFs {
     /// [`UnionFs::do_read`], appending the data to `out` (a reply buffer) instead.
     pub fn do_read_into(&self, fh: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Res<()> {
         let f = self.handle_file(fh)?;
-        let (start, size) = (out.len(), size as usize);
-        while out.len() - start < size {
-            let done = out.len() - start;
-            match crate::sys::io::pread_append(&*f, out, size - done, offset + done as u64) {
-                Ok(0) => break,
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => {
-                    out.truncate(start);
-                    return Err(e);
-                }
-            }
-        }
+        crate::sys::io::pread_full_append(&*f, out, size as usize, offset)?;
         Ok(())
     }
 
@@ -343,6 +407,12 @@ impl UnionFs {
 
     /// Changes attributes; the object is copied up first (without data when truncated to 0).
     pub fn do_setattr(&self, ino: u64, a: SetAttr) -> Res<FileAttr> {
+        // A truncation must not race a preload of the same file (see `preload`).
+        let _no_preload = a.size.is_some().then(|| {
+            let no_new = self.handles.open_lock.lock();
+            self.handles.preloads.wait(ino);
+            no_new
+        });
         let _ns = self.ns.write();
         let node = self.node(ino)?;
         if node.aliases.is_empty() {

@@ -9,19 +9,21 @@
 //! used. The kernel keeps the page cache of such files across opens, so a warm `tar` or
 //! `cat` opens, reads from that cache and closes without the daemon ever reading: opening
 //! the lower file there would be a path walk and a close spent on every open for nothing.
-//! Lower files never change, so opening later opens the same data.
+//! Lower files never change, so opening later opens the same data. The first open of a lower
+//! file opens it at once, to preload it (see `UnionFs::preload`): [`Preloads`] holds back
+//! what must not run meanwhile.
 //!
 //! Directories have no handles: the kernel is told it need not open them (a round trip per
 //! directory saved on every walk), so a listing being read is kept by directory inode in
 //! [`Listings`] instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::core::Res;
 use crate::layer_index::LayerPath;
@@ -63,6 +65,13 @@ pub struct FileHandle {
 pub struct IoState {
     pub served: usize,
     pub backing: Option<Arc<BackingFile>>,
+}
+
+impl IoState {
+    /// Whether the inode has no open handle.
+    pub fn is_idle(&self) -> bool {
+        self.served == 0 && self.backing.is_none()
+    }
 }
 
 impl FileHandle {
@@ -156,6 +165,49 @@ pub struct Handles {
     next: AtomicU64,
     files: Mutex<HashMap<u64, Arc<FileHandle>>>,
     pub listings: Listings,
+    pub preloads: Arc<Preloads>,
+}
+
+/// Inodes whose first open is putting their data into the kernel's page cache (see
+/// `UnionFs::preload`). Whatever could fill or change that cache meanwhile (another open of
+/// the inode, a truncation) waits here first, holding `open_lock` so that none starts.
+#[derive(Debug, Default)]
+pub struct Preloads {
+    busy: Mutex<HashSet<u64>>,
+    done: Condvar,
+}
+
+impl Preloads {
+    /// Marks `ino` preloading until the returned guard is dropped.
+    pub fn start(self: &Arc<Self>, ino: u64) -> Preloading {
+        self.busy.lock().insert(ino);
+        Preloading {
+            preloads: self.clone(),
+            ino,
+        }
+    }
+
+    /// Waits until `ino` is not preloading.
+    pub fn wait(&self, ino: u64) {
+        let mut busy = self.busy.lock();
+        while busy.contains(&ino) {
+            self.done.wait(&mut busy);
+        }
+    }
+}
+
+/// A preload under way; ends when dropped, whether it was carried out or not.
+#[derive(Debug)]
+pub struct Preloading {
+    preloads: Arc<Preloads>,
+    ino: u64,
+}
+
+impl Drop for Preloading {
+    fn drop(&mut self) {
+        self.preloads.busy.lock().remove(&self.ino);
+        self.preloads.done.notify_all();
+    }
 }
 
 impl Handles {

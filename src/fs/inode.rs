@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::layer_index::{DirView, LowerDir, LowerObj};
@@ -59,6 +59,31 @@ pub struct Node {
     pub lower_dirs: Vec<LowerDir>,
     /// Whether the upper is known to hold nothing at the node's path.
     pub upper_absence: UpperAbsence,
+    /// Whether the node's first open was served (it may preload the file: see
+    /// `UnionFs::preload`).
+    pub first_open: FirstOpen,
+}
+
+/// Set by the first open of a node. Kept by new versions of the node: the kernel inode, and
+/// the page cache the first open may have filled, stay the same.
+#[derive(Debug, Default)]
+pub struct FirstOpen(AtomicBool);
+
+impl Clone for FirstOpen {
+    fn clone(&self) -> FirstOpen {
+        FirstOpen(AtomicBool::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl FirstOpen {
+    pub fn is_past(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Marks the first open as served; whether it was not before.
+    pub fn claim(&self) -> bool {
+        !self.0.swap(true, Ordering::Relaxed)
+    }
 }
 
 /// "The upper has no object at this node's path", remembered with the upper generation it was

@@ -347,9 +347,15 @@ fn dispatch(
         abi::FUSE_OPEN => {
             let a: abi::fuse_open_in = arg(op_in)?;
             let _s = tracing::debug_span!("open", ino, flags = a.flags).entered();
-            let _one_at_a_time = fs.handles.open_lock.lock();
-            let o = fs.do_open(ino, a.flags as i32)?;
-            put_opened(fs, out, &o);
+            let preload = {
+                let _one_at_a_time = fs.handles.open_lock.lock();
+                let mut o = fs.do_open(ino, a.flags as i32)?;
+                put_opened(fs, out, &o);
+                o.preload.take()
+            };
+            if let Some(p) = preload {
+                fs.preload(p);
+            }
         }
         abi::FUSE_READ => {
             let a: abi::fuse_read_in = arg(op_in)?;

@@ -29,6 +29,29 @@ pub fn pread_append(
     Ok(n)
 }
 
+/// [`pread_append`] until `len` bytes are appended or the file ends; returns how many were.
+/// On an error, `out` is left as it was.
+pub fn pread_full_append(
+    file: &impl AsRawFd,
+    out: &mut Vec<u8>,
+    len: usize,
+    offset: u64,
+) -> nix::Result<usize> {
+    let start = out.len();
+    while out.len() - start < len {
+        let done = out.len() - start;
+        match pread_append(file, out, len - done, offset + done as u64) {
+            Ok(0) => break,
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+    Ok(out.len() - start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,5 +69,19 @@ mod tests {
         assert_eq!(out, b"head:345689");
         assert_eq!(pread_append(&f, &mut out, 100, 10).unwrap(), 0);
         assert_eq!(out, b"head:345689");
+    }
+
+    #[test]
+    fn full_append_stops_at_the_length_or_the_end() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"0123456789").unwrap();
+        let mut out = Vec::new();
+        assert_eq!(pread_full_append(&f, &mut out, 4, 2).unwrap(), 4);
+        assert_eq!(out, b"2345");
+        assert_eq!(pread_full_append(&f, &mut out, 100, 7).unwrap(), 3);
+        assert_eq!(out, b"2345789");
+        let dir = std::fs::File::open("/").unwrap();
+        assert_eq!(pread_full_append(&dir, &mut out, 10, 0), Err(Errno::EISDIR));
+        assert_eq!(out, b"2345789", "left as it was on an error");
     }
 }

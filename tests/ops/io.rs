@@ -362,6 +362,91 @@ fn mmap_read_of_lower_file() {
     }
 }
 
+/// A small lower file's first open may hand its data to the kernel with the open (unionfs
+/// preloads it); what the page cache then holds must follow later changes: writes through
+/// another descriptor, truncation by path, and a rewrite after the first reader closed.
+#[test]
+fn first_read_of_small_lower_file_follows_later_changes() {
+    if !common::can_mount("first_read_of_small_lower_file_follows_later_changes") {
+        return;
+    }
+    for t in targets() {
+        let data = pattern(3 * 4096 + 100, 7);
+        let e = Env::new(
+            t,
+            &[&[File("a", &data), File("b", &data), File("c", &data)]],
+            &[],
+        );
+        // Read while a writer changes it.
+        let ro = std::fs::File::open(e.p("a")).expect("open a");
+        let mut buf = vec![0u8; data.len()];
+        ro.read_exact_at(&mut buf, 0).expect("read a");
+        assert!(buf == data, "{t}: first read of a");
+        open_rw(t, &e.p("a"))
+            .write_all_at(b"NEW", 4096)
+            .expect("write a");
+        ro.read_exact_at(&mut buf, 0).expect("read a again");
+        assert_eq!(&buf[4096..4099], b"NEW", "{t}: reader sees the write");
+        // Truncated by path while open.
+        let ro = std::fs::File::open(e.p("b")).expect("open b");
+        ro.read_exact_at(&mut buf[..10], 0).expect("read b");
+        nix::unistd::truncate(&e.p("b"), 5).expect("truncate b");
+        assert_eq!(ro.metadata().expect("fstat b").len(), 5, "{t}: fstat size");
+        let mut rest = Vec::new();
+        (&ro).read_to_end(&mut rest).expect("read b after truncate");
+        assert_eq!(rest, &data[..5], "{t}: reader sees the truncation");
+        // Rewritten after its first reader closed.
+        assert!(read(t, &e.p("c")) == data, "{t}: first read of c");
+        let w = open_rw(t, &e.p("c"));
+        w.write_all_at(b"XYZ", 0).expect("write c");
+        w.set_len(4).expect("ftruncate c");
+        drop(w);
+        let want = [b"XYZ".as_slice(), &data[3..4]].concat();
+        assert_eq!(read(t, &e.p("c")), want, "{t}: c rewritten");
+        assert!(read(t, &e.lower(0, "c")) == data, "{t}: lower c untouched");
+    }
+}
+
+/// An open racing a truncation by path: once both returned, a read sees the truncation,
+/// whichever came first. unionfs preloads a small lower file's data with its first open;
+/// that must never land after the truncation (the lower files are evicted from the host's
+/// page cache first, so that the preload reads them from disk and the race is likelier).
+#[test]
+fn open_racing_truncate_by_path_reads_truncated() {
+    if !common::can_mount("open_racing_truncate_by_path_reads_truncated") {
+        return;
+    }
+    const FILES: usize = 500;
+    let data = pattern(8192, 3);
+    let names: Vec<String> = (0..FILES).map(|i| format!("d/f{i}")).collect();
+    let files: Vec<Node> = names.iter().map(|n| File(n, &data)).collect();
+    for t in targets() {
+        let e = Env::new(t, &[&files], &[]);
+        for n in &names {
+            let lower = std::fs::File::open(e.lower(0, n)).expect("open lower file");
+            lower.sync_all().expect("fsync lower file");
+            nix::fcntl::posix_fadvise(
+                &lower,
+                0,
+                0,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            )
+            .expect("fadvise");
+            let p = e.p(n);
+            let opener = {
+                let p = p.clone();
+                std::thread::spawn(move || std::fs::File::open(p).expect("open"))
+            };
+            nix::unistd::truncate(&p, 0).expect("truncate");
+            let f = opener.join().expect("opening thread");
+            let mut buf = [0u8; 50];
+            let got = f.read_at(&mut buf, 0).expect("read after both");
+            assert_eq!(got, 0, "{t}: {n}: read {got} bytes after the truncation");
+        }
+        assert_eq!(lstat(t, &e.p(&names[0])).size(), 0, "{t}: size");
+    }
+}
+
 #[test]
 fn mmap_shared_write_persists_after_msync_and_remount() {
     if !common::can_mount("mmap_shared_write_persists_after_msync_and_remount") {
