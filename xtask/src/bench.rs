@@ -41,7 +41,7 @@ struct Options {
     quick: bool,
     only: Vec<String>,
     reps: Option<usize>,
-    /// Use the `target/release/unionfs` already there instead of building it.
+    /// Use the release build of unionfs already there instead of building it.
     no_build: bool,
 }
 
@@ -137,7 +137,7 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
 
     host::phase(2, PHASES, "building unionfs (release)");
     if opts.no_build {
-        println!("--no-build: using the target/release/unionfs already there");
+        println!("--no-build: using the release build of unionfs already there");
     } else {
         let mut build = host::cargo();
         build.current_dir(host::workspace_root()).args([
@@ -150,10 +150,10 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
         ]);
         host::run(&mut build)?;
     }
-    let unionfs = host::target_dir()
-        .join("release/unionfs")
+    let built = host::unionfs_binary("release");
+    let unionfs = built
         .canonicalize()
-        .context(|| "find target/release/unionfs".into())?;
+        .context(|| format!("find {}", built.display()))?;
 
     host::phase(3, PHASES, "generating (or reusing) the layer stacks");
     let stack_dir = bench_dir.join("stacks");

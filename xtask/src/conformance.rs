@@ -81,7 +81,7 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
         "--bin",
         "unionfs",
     ]))?;
-    let unionfs = host::target_dir().join("debug/unionfs");
+    let unionfs = host::unionfs_binary("debug");
 
     host::phase(
         4,

@@ -69,7 +69,7 @@ pub fn run() -> Result<ExitCode> {
         "unionfs",
     ]);
     host::run(&mut build)?;
-    let bin = host::target_dir().join("debug").join("unionfs");
+    let bin = host::unionfs_binary("debug");
 
     host::phase(3, PHASES, "generating the example stack in target/demo/");
     let dirs = prepare(&bin)?;

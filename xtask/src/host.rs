@@ -271,6 +271,15 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// The unionfs program cargo builds with `profile` ("debug", "release"): programs are built for
+/// the host triple by name (`.cargo/config.toml`), the one this xtask was built for.
+pub fn unionfs_binary(profile: &str) -> PathBuf {
+    target_dir()
+        .join(env!("XTASK_TARGET"))
+        .join(profile)
+        .join("unionfs")
+}
+
 /// The command line as a shell would show it, for logs and error messages.
 pub fn cmdline(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
