@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::layer_index::{DirView, LowerDir, LowerObj};
+use crate::layer_index::{DirView, LowerDirs, LowerObj};
 
 /// What a node keeps of its top-most lower object: where it is and its link count. The rest of
 /// its attributes are read again when needed (a copy-up), since a node of every walked name
@@ -56,7 +56,7 @@ pub struct Node {
     /// The top-most lower object (copy-up source), if any.
     pub lower: Option<NodeLower>,
     /// For directories: the lower directories merged into it.
-    pub lower_dirs: Vec<LowerDir>,
+    pub lower_dirs: LowerDirs,
     /// Whether the upper is known to hold nothing at the node's path.
     pub upper_absence: UpperAbsence,
     /// Whether the node's first open was served (it may preload the file: see

@@ -21,7 +21,7 @@ use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag};
 use nix::unistd::{Gid, Uid};
 
 use super::core::{errno_of, Res, UnionFs};
-use crate::layer_index::{self, DirView, LayerPath, Resolved};
+use crate::layer_index::{self, DirView, LayerPath, LowerDirs, Resolved};
 use crate::whiteout;
 
 /// Inode numbers handed out by [`UnionFs::keep_ino_unique`]: a tag no layer's device index
@@ -204,7 +204,7 @@ impl UnionFs {
             upper: Some(upper),
             upper_whiteout: false,
             lower: None,
-            lower_dirs: Vec::new(),
+            lower_dirs: LowerDirs::default(),
         };
         let node = Self::node_at(ino, parent, &view, name, &r);
         let attr = self.resolved_attr(&node, &r)?;

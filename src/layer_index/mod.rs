@@ -99,6 +99,11 @@ pub struct LowerDir {
     pub path: Arc<Path>,
 }
 
+/// The lower directories of one merged directory, top first. The list is made once, when the
+/// directory is resolved, and shared from then on by its node and by every view taken for a
+/// lookup in it: taking a view of a directory merged from 100 layers copies no list.
+pub type LowerDirs = Arc<[LowerDir]>;
+
 /// What the resolution of a merged directory needs to know about it.
 #[derive(Debug, Clone, Default)]
 pub struct DirView {
@@ -107,7 +112,7 @@ pub struct DirView {
     /// Whether the directory exists in the upper layer.
     pub in_upper: bool,
     /// The lower directories merged into it, top first (empty when opaque).
-    pub lowers: Vec<LowerDir>,
+    pub lowers: LowerDirs,
 }
 
 /// The top-most lower object behind a merged name.
@@ -130,7 +135,7 @@ pub struct Resolved {
     /// The top-most visible lower object (the copy-up source; for a directory the top lower).
     pub lower: Option<LowerObj>,
     /// For a directory: every lower directory merged into it, top first.
-    pub lower_dirs: Vec<LowerDir>,
+    pub lower_dirs: LowerDirs,
 }
 
 impl Resolved {
@@ -400,7 +405,7 @@ impl Layers {
             upper,
             upper_whiteout: false,
             lower,
-            lower_dirs,
+            lower_dirs: lower_dirs.into(),
         };
         let view = r.dir_view(PathBuf::new());
         Ok((r, view))
@@ -424,7 +429,7 @@ impl Layers {
             upper: None,
             upper_whiteout: false,
             lower: None,
-            lower_dirs: Vec::new(),
+            lower_dirs: LowerDirs::default(),
         };
         if whiteout::is_aufs_marker(name) {
             return Ok(r);
@@ -461,6 +466,7 @@ impl Layers {
                 }
             }
         }
+        let mut lower_dirs = Vec::new();
         let mut i = 0;
         // Most candidates share one path: hash it once.
         let mut keyed: Option<(Arc<Path>, u64)> = None;
@@ -489,7 +495,7 @@ impl Layers {
                 Seen::Whiteout | Seen::Marker => break,
                 Seen::Object(st) => st,
             };
-            let have_dir = r.is_dir() || !r.lower_dirs.is_empty();
+            let have_dir = r.is_dir() || !lower_dirs.is_empty();
             if !is_dir(&st) {
                 if r.upper.is_none() && r.lower.is_none() {
                     r.lower = Some(LowerObj { layer, path, st });
@@ -499,7 +505,7 @@ impl Layers {
             if r.exists() && !have_dir {
                 break;
             }
-            r.lower_dirs.push(LowerDir {
+            lower_dirs.push(LowerDir {
                 layer,
                 path: shared,
             });
@@ -523,6 +529,7 @@ impl Layers {
         if r.upper.is_some() && r.lower.as_ref().is_some_and(|l| !is_dir(&l.st)) {
             r.lower = None;
         }
+        r.lower_dirs = lower_dirs.into();
         Ok(r)
     }
 
@@ -551,7 +558,7 @@ impl Layers {
     /// Whether the top-most lower entry at `name` in `dir` is a real object (not a whiteout):
     /// removing or renaming away such a name must leave a whiteout in the upper.
     pub fn lower_positive(&self, dir: &DirView, name: &OsStr) -> nix::Result<bool> {
-        for d in &dir.lowers {
+        for d in dir.lowers.iter() {
             if self.indexed(d.layer, &d.path.join(name)) == Some(0) {
                 continue;
             }
@@ -661,7 +668,7 @@ impl Layers {
             add(&names);
             listed.upper = Some(names.into_iter().collect());
         }
-        for d in &dir.lowers {
+        for d in dir.lowers.iter() {
             let names = read_names(&self.lowers[d.layer].join(&d.path))?;
             add(&names);
             listed
@@ -711,10 +718,9 @@ fn candidates<'a>(
     let mut out: Vec<Candidate> = Vec::new();
     let mut last: Option<(&Arc<Path>, Arc<Path>, Option<loader::Holding>)> = None;
     for (layer, dir) in dirs {
-        if last
-            .as_ref()
-            .is_none_or(|(d, _, _)| d.as_os_str() != dir.as_os_str())
-        {
+        // Mostly the same shared path as the last: compare the pointers before the names.
+        let same = |d: &Arc<Path>| Arc::ptr_eq(d, dir) || d.as_os_str() == dir.as_os_str();
+        if last.as_ref().is_none_or(|(d, _, _)| !same(d)) {
             let joined: Arc<Path> = Arc::from(dir.join(name).as_path());
             let held = presence.map(|p| p.layers_holding(index::key(&joined)));
             last = Some((dir, joined, held));
