@@ -529,7 +529,10 @@ impl Layers {
         if r.upper.is_some() && r.lower.as_ref().is_some_and(|l| !is_dir(&l.st)) {
             r.lower = None;
         }
-        r.lower_dirs = lower_dirs.into();
+        // Only a directory has any; an empty list stays the default, which allocates nothing.
+        if !lower_dirs.is_empty() {
+            r.lower_dirs = lower_dirs.into();
+        }
         Ok(r)
     }
 
