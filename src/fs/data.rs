@@ -309,7 +309,15 @@ impl UnionFs {
             return;
         };
         let mut buf = Vec::new();
-        if crate::sys::io::pread_full_append(&*p.file, &mut buf, p.size as usize, 0).is_err() {
+        if crate::sys::io::pread_full_append(
+            &*p.file,
+            &mut buf,
+            p.size as usize,
+            0,
+            super::uring::before_blocking_io,
+        )
+        .is_err()
+        {
             return;
         }
         if let Err(e) = n.store(fuser::INodeNo(p.ino), 0, &buf) {
@@ -330,7 +338,13 @@ impl UnionFs {
     /// [`UnionFs::do_read`], appending the data to `out` (a reply buffer) instead.
     pub fn do_read_into(&self, fh: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Res<()> {
         let f = self.handle_file(fh)?;
-        crate::sys::io::pread_full_append(&*f, out, size as usize, offset)?;
+        crate::sys::io::pread_full_append(
+            &*f,
+            out,
+            size as usize,
+            offset,
+            super::uring::before_blocking_io,
+        )?;
         Ok(())
     }
 

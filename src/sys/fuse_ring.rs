@@ -89,6 +89,16 @@ impl RingEntry {
     /// An error is the kernel's answer to the command: EAGAIN for a REGISTER before the
     /// connection finished INIT, ENOTCONN once it has ended.
     pub fn serve_next(&mut self) -> Result<(), Errno> {
+        self.cycle(None::<fn()>)
+    }
+
+    /// [`RingEntry::serve_next`], calling `between` once the reply is delivered (the caller
+    /// woken) and before waiting for the next request. It costs a second system call.
+    pub fn serve_next_then(&mut self, between: impl FnOnce()) -> Result<(), Errno> {
+        self.cycle(Some(between))
+    }
+
+    fn cycle(&mut self, between: Option<impl FnOnce()>) -> Result<(), Errno> {
         let (cmd_op, commit_id) = if self.registered {
             (CMD_COMMIT_AND_FETCH, self.commit_id())
         } else {
@@ -110,6 +120,17 @@ impl RingEntry {
         // leaked and so valid for the rest of the process; the ring has room for the one
         // command this entry ever has in flight.
         unsafe { self.ring.submission().push(&sqe) }.map_err(|_| Errno::EBUSY)?;
+        if let Some(between) = between {
+            // The command runs as it is submitted: the reply is delivered before this returns.
+            let submitted = loop {
+                match self.ring.submit() {
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                    r => break r,
+                }
+            };
+            submitted.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+            between();
+        }
         // A signal, or a debugger attaching, ends the wait early, with or without EINTR and
         // before the completion: wait again until it is there.
         let cqe = loop {

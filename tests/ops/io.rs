@@ -225,6 +225,47 @@ fn copy_file_range_from_lower_to_new_file() {
     }
 }
 
+/// Reads of lower data in no page cache: the daemon's read waits for the disk, which on a
+/// queue thread lifts its pinning until the reply is out and pins it again after. Every read
+/// must still return the right bytes, and requests after it must still be answered. (Where
+/// the layers' file system keeps its pages, as tmpfs does, the reads are warm and this checks
+/// only the data.)
+#[test]
+fn cold_reads_of_a_lower_file() {
+    if !common::can_mount("cold_reads_of_a_lower_file") {
+        return;
+    }
+    for t in targets() {
+        let data = pattern(4 << 20, 5);
+        let e = Env::new(t, &[&[File("d/big", &data)]], &[]);
+        let lower = std::fs::File::open(e.lower(0, "d/big")).expect("open lower");
+        lower.sync_all().expect("fsync lower");
+        nix::fcntl::posix_fadvise(
+            &lower,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .expect("drop the lower file's pages");
+        let f = std::fs::File::open(e.p("d/big")).expect("open");
+        // Far apart, so that read-ahead does not bring the next one in.
+        for i in [7usize, 2, 13, 0, 9, 4, 15, 11] {
+            let at = i * (256 << 10);
+            let mut buf = vec![0u8; 4096];
+            f.read_exact_at(&mut buf, at as u64)
+                .unwrap_or_else(|err| panic!("{t}: read at {at}: {err}"));
+            assert!(buf == data[at..at + 4096], "{t}: bytes at {at}");
+            lstat(t, &e.p("d/big"));
+        }
+        assert_eq!(
+            sha256(&read(t, &e.p("d/big"))),
+            sha256(&data),
+            "{t}: whole file"
+        );
+        assert!(!e.upper("d/big").exists(), "{t}: reading copied up");
+    }
+}
+
 const TAIL: i64 = 8 << 20;
 const SPARSE_LEN: i64 = TAIL + 4096;
 
