@@ -71,6 +71,17 @@ enum Method {
     Buffer,
 }
 
+impl Method {
+    /// The way to try once the kernel refuses this one.
+    fn next(self) -> Option<Method> {
+        match self {
+            Method::CopyFileRange => Some(Method::Sendfile),
+            Method::Sendfile => Some(Method::Buffer),
+            Method::Buffer => None,
+        }
+    }
+}
+
 /// The errors with which the kernel refuses a way of copying (rather than failing the copy).
 fn refused(e: Errno) -> bool {
     matches!(
@@ -98,44 +109,38 @@ fn copy_data_by(input: &File, out: &File, size: i64, mut method: Method) -> nix:
         let mut off = start;
         while off < end {
             let want = (end - off).min(1 << 30) as usize;
-            let n = match method {
+            let copied = match method {
                 Method::CopyFileRange => {
                     let mut off_out = off;
-                    match nix::fcntl::copy_file_range(
+                    nix::fcntl::copy_file_range(
                         input.as_fd(),
                         Some(&mut off),
                         out.as_fd(),
                         Some(&mut off_out),
                         want,
-                    ) {
-                        Err(e) if refused(e) => {
-                            method = Method::Sendfile;
-                            continue;
-                        }
-                        r => r?,
-                    }
+                    )
                 }
                 Method::Sendfile => {
                     // sendfile writes at the output's file position.
-                    nix::unistd::lseek(out.as_fd(), off, Whence::SeekSet)?;
-                    match nix::sys::sendfile::sendfile64(
-                        out.as_fd(),
-                        input.as_fd(),
-                        Some(&mut off),
-                        want,
-                    ) {
-                        Err(e) if refused(e) => {
-                            method = Method::Buffer;
-                            continue;
-                        }
-                        r => r?,
-                    }
+                    nix::unistd::lseek(out.as_fd(), off, Whence::SeekSet).and_then(|_| {
+                        nix::sys::sendfile::sendfile64(
+                            out.as_fd(),
+                            input.as_fd(),
+                            Some(&mut off),
+                            want,
+                        )
+                    })
                 }
-                Method::Buffer => {
-                    let n = copy_through(input, out, off, &mut buf, want)?;
-                    off += n as i64;
-                    n
+                Method::Buffer => copy_through(input, out, off, &mut buf, want).inspect(|n| {
+                    off += *n as i64;
+                }),
+            };
+            let n = match (copied, method.next()) {
+                (Err(e), Some(next)) if refused(e) => {
+                    method = next;
+                    continue;
                 }
+                (r, _) => r?,
             };
             if n == 0 {
                 break;
