@@ -88,7 +88,6 @@ pub(super) fn start(fs: Arc<UnionFs>, dev: Arc<OwnedFd>) -> Vec<JoinHandle<()>> 
 /// Where a queue thread may run: pinned to its CPU while it serves, loose (anywhere the
 /// process may run) while it waits for the disk. See [`before_blocking_io`].
 struct Pinning {
-    cpu: usize,
     home: CpuSet,
     wide: CpuSet,
     loose: Cell<bool>,
@@ -122,7 +121,6 @@ fn pin(cpu: usize) {
     }
     PINNING.with(|p| {
         let _ = p.set(Pinning {
-            cpu,
             home,
             wide,
             loose: Cell::new(false),
@@ -169,7 +167,8 @@ fn repin() {
         let Some(p) = p.get() else {
             return;
         };
-        if nix::sched::sched_getcpu().is_ok_and(|c| c == p.cpu) {
+        let here = nix::sched::sched_getcpu().and_then(|c| p.home.is_set(c));
+        if here == Ok(true) {
             p.stay.set(STAY_PINNED);
         }
         if let Err(e) = set_affinity(&p.home) {
