@@ -64,7 +64,7 @@ pub fn object(src: &Path, dst: &Path, st: &FileStat, empty: bool, sync: bool) ->
 
 /// How [`copy_data`] moves data, best first; each is given up for the next once the kernel
 /// refuses it for these two files.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Method {
     CopyFileRange,
     Sendfile,
