@@ -1,7 +1,8 @@
 //! Concurrency and resource bounds: many threads and processes changing shared directories at
-//! once, two writers copying up the same lower file, listings while entries come and go, and
-//! what the daemon holds (descriptors, memory) after opening many files and listing a huge
-//! directory, before and after the kernel forgets its inodes.
+//! once, two writers copying up the same lower file, lookups and opens while a large file is
+//! copied up, listings while entries come and go, and what the daemon holds (descriptors,
+//! memory) after opening many files and listing a huge directory, before and after the kernel
+//! forgets its inodes.
 //!
 //! Every wait has a time limit ([`daemon::within`]), so a deadlock fails the test instead of
 //! hanging CI; every test ends by checking that the daemon is still alive. Errors are allowed
@@ -259,6 +260,91 @@ fn two_writers_copy_up_the_same_lower_file() {
         left.is_empty(),
         "staging leftovers after clean unmount: {left:?}"
     );
+}
+
+/// A file staged for copy-up in the work directory, with some of its data copied.
+fn staging_under_way(work: &Path) -> bool {
+    std::fs::read_dir(work.join("unionfs-work"))
+        .map(|d| {
+            d.flatten().any(|e| {
+                e.file_name().to_string_lossy().starts_with('#')
+                    && e.metadata().is_ok_and(|m| m.is_file() && m.len() > 0)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// While a large lower file is being copied up (set off by a chmod, by an open for writing,
+/// by a rename), other names of the mount can be looked up and other files opened: the copy
+/// is made holding no lock over the whole mount. Checked by what the upper holds once each
+/// probe is answered: the copy not yet in place.
+#[test]
+fn copy_up_of_a_large_file_holds_up_nothing_else() {
+    if !common::can_mount("copy_up_of_a_large_file_holds_up_nothing_else") {
+        return;
+    }
+    const LEN: usize = 128 << 20;
+    let s = Stack::new(1);
+    let hows = ["chmod", "open for writing", "rename"];
+    for how in hows {
+        // Data, not a hole: holes are not copied.
+        std::fs::write(s.lowers[0].join(format!("big-{how}")), vec![0x5a; LEN]).unwrap();
+    }
+    lower_dir(&s, "d", "f", hows.len());
+    let _m = s.mount_unionfs();
+    std::fs::metadata(s.mnt.join("d")).unwrap();
+    for (i, how) in hows.into_iter().enumerate() {
+        let big = s.mnt.join(format!("big-{how}"));
+        std::fs::metadata(&big).unwrap();
+        let copier = std::thread::spawn({
+            let big = big.clone();
+            move || match how {
+                "chmod" => {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600))
+                }
+                "rename" => std::fs::rename(&big, big.with_extension("moved")),
+                _ => std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&big)
+                    .map(drop),
+            }
+        });
+        let work = s.work.clone();
+        daemon::within("the copy-up to start", LIMIT, move || {
+            while !staging_under_way(&work) {
+                std::thread::yield_now();
+            }
+        });
+        let (mnt, upper) = (s.mnt.clone(), s.upper.clone());
+        daemon::within("lookups and opens beside the copy-up", LIMIT, move || {
+            let missing = mnt.join(format!("d/missing{i}"));
+            assert!(std::fs::symlink_metadata(&missing).is_err());
+            let other = std::fs::read(mnt.join(format!("d/f{i}"))).expect("open another file");
+            assert_eq!(other, b"lower");
+            let copied = upper.join(format!("big-{how}"));
+            let moved = copied.with_extension("moved");
+            assert!(
+                !copied.exists() && !moved.exists(),
+                "{how}: a lookup and an open of other files waited for the copy-up to end"
+            );
+        });
+        daemon::within("the copy-up", LIMIT, move || copier.join().unwrap())
+            .unwrap_or_else(|e| panic!("{how}: {e}"));
+    }
+    for how in hows {
+        let name = match how {
+            "rename" => format!("big-{how}.moved"),
+            _ => format!("big-{how}"),
+        };
+        let len = std::fs::metadata(s.upper.join(&name)).map(|m| m.len());
+        assert_eq!(
+            len.ok(),
+            Some(LEN as u64),
+            "{how}: the upper copy of {name}"
+        );
+    }
+    assert_alive(&s.mnt);
 }
 
 #[test]

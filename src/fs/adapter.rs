@@ -15,7 +15,7 @@ use fuser::{
 use nix::errno::Errno;
 
 use super::core::{entry_ttl, Res, UnionFs, TTL};
-use super::data::{OpenAs, SetAttr};
+use super::data::SetAttr;
 use super::handle::Plus;
 use super::namespace::{Caller, NewObject};
 use super::uring;
@@ -332,24 +332,12 @@ impl Filesystem for Fuse {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _s = tracing::debug_span!("open", ino = ino.0, flags = flags.0).entered();
-        let (mut o, backing) = {
-            let _one_at_a_time = self.handles.open_lock.lock();
-            match self.do_open(ino.0, flags.0) {
-                Ok(o) => {
-                    let backing = self.backing_for(&o);
-                    (o, backing)
-                }
-                Err(e) => return reply.error(err(e)),
-            }
-        };
-        if let Some(p) = o.preload.take() {
-            self.preload(p);
-        }
-        let fh = FileHandle(o.fh);
-        let keep_cache = matches!(o.how, OpenAs::Served { keep_cache: true });
-        match backing {
-            Some(b) => passthrough::reply_opened(reply, fh, &b),
-            None => reply.opened(fh, cache_flags(keep_cache)),
+        match self.open_file(ino.0, flags.0) {
+            Ok(o) => match o.backing {
+                Some(b) => passthrough::reply_opened(reply, FileHandle(o.fh), &b),
+                None => reply.opened(FileHandle(o.fh), cache_flags(o.keep_cache)),
+            },
+            Err(e) => reply.error(err(e)),
         }
     }
 
@@ -606,24 +594,15 @@ impl Filesystem for Fuse {
         reply: ReplyCreate,
     ) {
         let _s = tracing::debug_span!("create", parent = parent.0, ?name, mode).entered();
-        let what = NewObject::File {
-            mode: mode & !umask & 0o7777,
-            flags,
-        };
-        let _one_at_a_time = self.handles.open_lock.lock();
-        match self.do_create(caller(req), parent.0, name, what) {
-            Ok((attr, ttl, Some(file))) => {
-                let o = match self.register_created(attr.ino.0, file, flags) {
-                    Ok(o) => o,
-                    Err(e) => return reply.error(err(e)),
-                };
-                let (fh, none) = (FileHandle(o.fh), FopenFlags::empty());
-                match self.backing_for(&o) {
+        let mode = mode & !umask & 0o7777;
+        match self.create_file(caller(req), parent.0, name, mode, flags) {
+            Ok((attr, ttl, o)) => {
+                let fh = FileHandle(o.fh);
+                match o.backing {
                     Some(b) => passthrough::reply_created(reply, &ttl, &attr, fh, &b),
-                    None => reply.created(&ttl, &attr, GEN, fh, none),
+                    None => reply.created(&ttl, &attr, GEN, fh, cache_flags(o.keep_cache)),
                 }
             }
-            Ok((_, _, None)) => reply.error(err(Errno::EIO)),
             Err(e) => reply.error(err(e)),
         }
     }

@@ -65,7 +65,7 @@ pub struct UnionFs {
     pub(super) table: Mutex<Table>,
     pub(super) handles: Handles,
     /// Per-inode locks serialising copy-ups made outside the namespace lock.
-    pub(super) copyups: Mutex<std::collections::HashMap<u64, Arc<Mutex<()>>>>,
+    pub(super) copyups: super::inolock::InodeLocks,
     /// Whether the kernel agreed to FUSE passthrough at init.
     pub(super) passthrough: std::sync::atomic::AtomicBool,
     /// Set once the session exists (the filesystem is built before it).
@@ -157,7 +157,7 @@ impl UnionFs {
             handles: Handles::default(),
             notifier: Arc::default(),
             passthrough: std::sync::atomic::AtomicBool::new(false),
-            copyups: Mutex::default(),
+            copyups: Default::default(),
             dev: std::sync::OnceLock::new(),
             io_uring: false,
             uring_accepted: std::sync::atomic::AtomicBool::new(false),

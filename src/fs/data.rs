@@ -17,7 +17,8 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
 use super::core::{errno_of, Res, UnionFs};
-use super::handle::{Descriptor, Preloading};
+use super::handle::Descriptor;
+use super::namespace::{Caller, NewObject};
 use crate::layer_index::LayerPath;
 use crate::sys::fileattr::{self, FileAttrOp};
 use crate::sys::passthrough::BackingFile;
@@ -150,17 +151,70 @@ pub struct Preload {
     ino: u64,
     file: Arc<File>,
     size: u64,
-    _busy: Preloading,
+}
+
+/// An open as the kernel is told of it.
+pub struct OpenReply {
+    pub fh: u64,
+    /// The passthrough registration the kernel is to use; `None` when the daemon serves it.
+    pub backing: Option<Arc<BackingFile>>,
+    /// Whether the kernel keeps the file's page cache across opens (a served lower file).
+    pub keep_cache: bool,
 }
 
 impl UnionFs {
+    /// Opens `ino` for the kernel. Opened for writing, the file is copied up first, with no
+    /// lock held but the inode's copy-up lock ([`UnionFs::copy_up_data_first`]); the open
+    /// then decides how the file is served, registers it and carries out its preload, if any,
+    /// holding the inode's `opening` lock.
+    pub fn open_file(&self, ino: u64, flags: i32) -> Res<OpenReply> {
+        let acc = flags & libc::O_ACCMODE;
+        if acc != libc::O_RDONLY && flags & libc::O_TRUNC == 0 {
+            self.copy_up_data_first(ino)?;
+        }
+        let _one_at_a_time = self.handles.opening.lock(ino);
+        let mut opened = self.do_open(ino, flags)?;
+        let reply = self.reply_for(&opened);
+        if let Some(p) = opened.preload.take() {
+            self.preload(p);
+        }
+        Ok(reply)
+    }
+
+    /// Creates the regular file `name` in `parent` and opens it for the kernel with `flags`.
+    pub fn create_file(
+        &self,
+        who: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> Res<(FileAttr, std::time::Duration, OpenReply)> {
+        let what = NewObject::File { mode, flags };
+        let (attr, ttl, file) = self.do_create(who, parent, name, what)?;
+        let file = file.ok_or(Errno::EIO)?;
+        // The name is visible from here: an open of it by another caller may come first.
+        let _one_at_a_time = self.handles.opening.lock(attr.ino.0);
+        let direct = flags & libc::O_DIRECT != 0;
+        let o = self.register_open(attr.ino.0, Descriptor::Open(Arc::new(file)), false, direct)?;
+        Ok((attr, ttl, self.reply_for(&o)))
+    }
+
+    fn reply_for(&self, o: &Opened) -> OpenReply {
+        OpenReply {
+            fh: o.fh,
+            backing: self.backing_for(o),
+            keep_cache: matches!(o.how, OpenAs::Served { keep_cache: true }),
+        }
+    }
+
     /// Registers an open file of `ino` and picks how it is served. Passthrough is used where
     /// the kernel offers it and the backing file cannot change under the handle: upper files,
     /// and lower files of a read-only mount. A lower file of a writable mount is served by the
     /// daemon (with the page cache kept), so that a copy-up can move its open handles to the
-    /// copy, as overlayfs does. Callers hold `handles.open_lock`.
+    /// copy, as overlayfs does. Callers hold the inode's `handles.opening` lock.
     /// `direct`: `file` was opened with `O_DIRECT` (see [`buffered`]).
-    pub(super) fn register_open(
+    fn register_open(
         &self,
         ino: u64,
         file: Descriptor,
@@ -195,13 +249,6 @@ impl UnionFs {
         })
     }
 
-    /// [`UnionFs::register_open`] for the file `do_create` made, opened with the caller's
-    /// `flags`.
-    pub(super) fn register_created(&self, ino: u64, file: File, flags: i32) -> Res<Opened> {
-        let direct = flags & libc::O_DIRECT != 0;
-        self.register_open(ino, Descriptor::Open(Arc::new(file)), false, direct)
-    }
-
     /// Records the passthrough registration of handle `fh`.
     fn set_backing(&self, fh: u64, backing: Arc<BackingFile>) {
         if let Some(h) = self.handles.file(fh) {
@@ -212,7 +259,7 @@ impl UnionFs {
     /// The passthrough registration an opened file is to be replied with: the inode's existing
     /// one, or a new one; `None` when the daemon serves the file (by choice, or because the
     /// kernel refused the registration).
-    pub(super) fn backing_for(&self, o: &Opened) -> Option<Arc<BackingFile>> {
+    fn backing_for(&self, o: &Opened) -> Option<Arc<BackingFile>> {
         match &o.how {
             OpenAs::Served { .. } => None,
             OpenAs::Passthrough(b) => Some(b.clone()),
@@ -236,18 +283,17 @@ impl UnionFs {
         }
     }
 
-    /// Opens `ino`; opening for writing (or truncating) copies it up first. Callers hold
-    /// `handles.open_lock`, then carry out its `preload` once they released it.
-    pub fn do_open(&self, ino: u64, flags: i32) -> Res<Opened> {
-        self.handles.preloads.wait(ino);
+    /// Opens `ino`; opening for writing (or truncating) copies it up first. Callers hold the
+    /// inode's `handles.opening` lock, and carry out its `preload` before releasing it.
+    fn do_open(&self, ino: u64, flags: i32) -> Res<Opened> {
         let acc = flags & libc::O_ACCMODE;
         let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let mut preload = None;
+        // A read-only open registers its handle before a copy-up can start (which needs the
+        // namespace lock alone), so that the copy-up finds it and moves it to the copy.
+        let mut _ns_read = None;
         let (file, on_lower) = if writes {
             let truncate = flags & libc::O_TRUNC != 0;
-            if !truncate {
-                self.copy_up_for_write(ino)?;
-            }
             let _ns = self.ns.write();
             let node = self.node(ino)?;
             self.copy_up(&node, truncate)?;
@@ -255,7 +301,7 @@ impl UnionFs {
             let f = open_at(b.path(), acc | (flags & (libc::O_TRUNC | WRITE_FLAGS)))?;
             (Descriptor::Open(Arc::new(f)), false)
         } else {
-            let _ns = self.ns.read();
+            _ns_read = Some(self.ns.read());
             let node = self.node(ino)?;
             let (b, _) = self.locate(&node)?;
             if b.is_lower() && self.upper.is_some() {
@@ -273,17 +319,12 @@ impl UnionFs {
             }
         };
         let mut opened = self.register_open(ino, file, on_lower, flags & libc::O_DIRECT != 0)?;
-        opened.preload = preload.map(|(file, size)| Preload {
-            ino,
-            file,
-            size,
-            _busy: self.handles.preloads.start(ino),
-        });
+        opened.preload = preload.map(|(file, size)| Preload { ino, file, size });
         Ok(opened)
     }
 
     /// Whether this is the first open of lower file `node` since the kernel looked it up, with
-    /// no other open of it under way (callers hold `handles.open_lock`). Claims it: later
+    /// no other open of it under way (callers hold its `handles.opening` lock). Claims it: later
     /// opens are not first.
     fn first_open(&self, node: &super::inode::Node) -> bool {
         !node.first_open.is_past()
@@ -299,9 +340,9 @@ impl UnionFs {
     ///
     /// Only where nothing else fills or changes that cache meanwhile: the inode has no other
     /// open file (so no read-ahead or mmap is filling it), and until the preload ends, other
-    /// opens of the inode and truncations by path wait for it (`handles.preloads`); anything
-    /// else that changes data needs an open file. It runs without `open_lock`, so that a
-    /// preload reading from disk holds up no open of another file. The kernel keeps what was
+    /// opens of the inode and truncations by path wait for it (they take the inode's
+    /// `handles.opening` lock, which its open holds); anything else that changes data needs an
+    /// open file. Opens of other files go on meanwhile. The kernel keeps what was
     /// stored, as it keeps pages read before, since the open is answered with
     /// FOPEN_KEEP_CACHE. Failing to preload loses nothing: reads then ask for the data.
     pub fn preload(&self, p: Preload) {
@@ -421,12 +462,11 @@ impl UnionFs {
 
     /// Changes attributes; the object is copied up first (without data when truncated to 0).
     pub fn do_setattr(&self, ino: u64, a: SetAttr) -> Res<FileAttr> {
+        if a.size != Some(0) {
+            self.copy_up_data_first(ino)?;
+        }
         // A truncation must not race a preload of the same file (see `preload`).
-        let _no_preload = a.size.is_some().then(|| {
-            let no_new = self.handles.open_lock.lock();
-            self.handles.preloads.wait(ino);
-            no_new
-        });
+        let _no_preload = a.size.is_some().then(|| self.handles.opening.lock(ino));
         let _ns = self.ns.write();
         let node = self.node(ino)?;
         if node.aliases.is_empty() {
@@ -546,6 +586,7 @@ impl UnionFs {
         if whiteout::is_private_xattr(name) {
             return Err(Errno::EOPNOTSUPP);
         }
+        self.copy_up_data_first(ino)?;
         let _ns = self.ns.write();
         let node = self.node(ino)?;
         let b = self.xattr_target(&node)?;
@@ -558,6 +599,7 @@ impl UnionFs {
     /// anything else could have effects of its own.
     pub fn do_fileattr(&self, ino: u64, op: FileAttrOp, input: &[u8]) -> Res<Vec<u8>> {
         if op.is_set() {
+            self.copy_up_data_first(ino)?;
             let _ns = self.ns.write();
             let node = self.node(ino)?;
             let b = self.xattr_target(&node)?;
@@ -585,6 +627,15 @@ impl UnionFs {
     pub fn do_removexattr(&self, ino: u64, name: &OsStr) -> Res<()> {
         if whiteout::is_private_xattr(name) {
             return Err(Errno::EOPNOTSUPP);
+        }
+        // Only removing an xattr that is there copies the object up.
+        let present = {
+            let _ns = self.ns.read();
+            let (b, _) = self.locate(&*self.node(ino)?)?;
+            xattr::get(b.path(), name)?.is_some()
+        };
+        if present {
+            self.copy_up_data_first(ino)?;
         }
         let _ns = self.ns.write();
         let node = self.node(ino)?;

@@ -10,22 +10,22 @@
 //! `cat` opens, reads from that cache and closes without the daemon ever reading: opening
 //! the lower file there would be a path walk and a close spent on every open for nothing.
 //! Lower files never change, so opening later opens the same data. The first open of a lower
-//! file opens it at once, to preload it (see `UnionFs::preload`): [`Preloads`] holds back
-//! what must not run meanwhile.
+//! file opens it at once, to preload it (see `UnionFs::preload`).
 //!
 //! Directories have no handles: the kernel is told it need not open them (a round trip per
 //! directory saved on every walk), so a listing being read is kept by directory inode in
 //! [`Listings`] instead.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 
 use super::core::Res;
+use super::inolock::InodeLocks;
 use crate::layer_index::LayerPath;
 use crate::sys::passthrough::BackingFile;
 
@@ -159,55 +159,14 @@ impl Listings {
 
 #[derive(Debug, Default)]
 pub struct Handles {
-    /// Held while an open decides its mode and registers, so that two opens of one inode
-    /// cannot pick different modes or backings.
-    pub open_lock: Mutex<()>,
+    /// Held for an inode while an open of it decides its mode, registers and preloads, so that
+    /// two opens of one inode cannot pick different modes or backings, and nothing fills or
+    /// changes the inode's page cache while a preload stores into it (see
+    /// `UnionFs::preload`).
+    pub opening: InodeLocks,
     next: AtomicU64,
     files: Mutex<HashMap<u64, Arc<FileHandle>>>,
     pub listings: Listings,
-    pub preloads: Arc<Preloads>,
-}
-
-/// Inodes whose first open is putting their data into the kernel's page cache (see
-/// `UnionFs::preload`). Whatever could fill or change that cache meanwhile (another open of
-/// the inode, a truncation) waits here first, holding `open_lock` so that none starts.
-#[derive(Debug, Default)]
-pub struct Preloads {
-    busy: Mutex<HashSet<u64>>,
-    done: Condvar,
-}
-
-impl Preloads {
-    /// Marks `ino` preloading until the returned guard is dropped.
-    pub fn start(self: &Arc<Self>, ino: u64) -> Preloading {
-        self.busy.lock().insert(ino);
-        Preloading {
-            preloads: self.clone(),
-            ino,
-        }
-    }
-
-    /// Waits until `ino` is not preloading.
-    pub fn wait(&self, ino: u64) {
-        let mut busy = self.busy.lock();
-        while busy.contains(&ino) {
-            self.done.wait(&mut busy);
-        }
-    }
-}
-
-/// A preload under way; ends when dropped, whether it was carried out or not.
-#[derive(Debug)]
-pub struct Preloading {
-    preloads: Arc<Preloads>,
-    ino: u64,
-}
-
-impl Drop for Preloading {
-    fn drop(&mut self) {
-        self.preloads.busy.lock().remove(&self.ino);
-        self.preloads.done.notify_all();
-    }
 }
 
 impl Handles {

@@ -12,6 +12,7 @@ mod core;
 mod data;
 mod handle;
 mod inode;
+mod inolock;
 mod namespace;
 mod nslock;
 mod uring;

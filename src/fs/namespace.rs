@@ -249,6 +249,7 @@ impl UnionFs {
         parent: u64,
         name: &OsStr,
     ) -> Res<(FileAttr, std::time::Duration)> {
+        self.copy_up_data_first(ino)?;
         let _ns = self.ns.write();
         let up = self.upper()?;
         let node = self.node(ino)?;
@@ -376,6 +377,24 @@ impl UnionFs {
             return Err(Errno::EINVAL);
         }
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        // What the rename will copy up, its data copied first (see `copy_up_data_first`).
+        let lower_files = {
+            let _ns = self.ns.read();
+            let mut v = Vec::new();
+            for (p, n) in [(p1, n1), (p2, n2)]
+                .into_iter()
+                .take(if exchange { 2 } else { 1 })
+            {
+                let (_, r, ino) = self.resolve_existing(p, n)?;
+                if r.upper.is_none() && r.lower.is_some() && !r.is_dir() {
+                    v.push(ino);
+                }
+            }
+            v
+        };
+        for ino in lower_files {
+            self.copy_up_data_first(ino)?;
+        }
         let _ns = self.ns.write();
         let up = self.upper()?;
         let (v1, r1, ino1) = self.resolve_existing(p1, n1)?;

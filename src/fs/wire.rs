@@ -21,7 +21,7 @@ use polyfuse_kernel as abi;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::core::{entry_ttl, Res, UnionFs, TTL};
-use super::data::{OpenAs, SetAttr};
+use super::data::{OpenReply, SetAttr};
 use super::handle::Plus;
 use super::namespace::{Caller, NewObject};
 use crate::sys::fileattr::FileAttrOp;
@@ -167,12 +167,15 @@ fn put_open(out: &mut Vec<u8>, fh: u64, open_flags: u32, backing_id: u32) {
 const FOPEN_PASSTHROUGH: u32 = 1 << 7;
 
 /// Writes the open reply for an opened file (`adapter::open` and `create`).
-fn put_opened(fs: &UnionFs, out: &mut Vec<u8>, o: &super::data::Opened) {
-    match fs.backing_for(o) {
+fn put_opened(out: &mut Vec<u8>, o: &OpenReply) {
+    match &o.backing {
         Some(b) => put_open(out, o.fh, FOPEN_PASSTHROUGH, b.id()),
         None => {
-            let keep = matches!(o.how, OpenAs::Served { keep_cache: true });
-            let flags = if keep { abi::FOPEN_KEEP_CACHE } else { 0 };
+            let flags = if o.keep_cache {
+                abi::FOPEN_KEEP_CACHE
+            } else {
+                0
+            };
             put_open(out, o.fh, flags, 0)
         }
     }
@@ -347,15 +350,7 @@ fn dispatch(
         abi::FUSE_OPEN => {
             let a: abi::fuse_open_in = arg(op_in)?;
             let _s = tracing::debug_span!("open", ino, flags = a.flags).entered();
-            let preload = {
-                let _one_at_a_time = fs.handles.open_lock.lock();
-                let mut o = fs.do_open(ino, a.flags as i32)?;
-                put_opened(fs, out, &o);
-                o.preload.take()
-            };
-            if let Some(p) = preload {
-                fs.preload(p);
-            }
+            put_opened(out, &fs.open_file(ino, a.flags as i32)?);
         }
         abi::FUSE_READ => {
             let a: abi::fuse_read_in = arg(op_in)?;
@@ -428,20 +423,14 @@ fn dispatch(
             let a: abi::fuse_create_in = arg(op_in)?;
             let (n, _) = name(rest)?;
             let _s = tracing::debug_span!("create", parent = ino, name = ?n, a.mode).entered();
-            let what = NewObject::File {
-                mode: a.mode & !a.umask & 0o7777,
-                flags: a.flags as i32,
-            };
             let who = Caller {
                 uid: h.uid,
                 gid: h.gid,
             };
-            let _one_at_a_time = fs.handles.open_lock.lock();
-            let (attr, ttl, file) = fs.do_create(who, ino, n, what)?;
-            let file = file.ok_or(Errno::EIO)?;
-            let o = fs.register_created(attr.ino.0, file, a.flags as i32)?;
+            let mode = a.mode & !a.umask & 0o7777;
+            let (attr, ttl, o) = fs.create_file(who, ino, n, mode, a.flags as i32)?;
             put_entry(out, (attr, ttl));
-            put_opened(fs, out, &o);
+            put_opened(out, &o);
         }
         abi::FUSE_IOCTL => {
             let a: abi::fuse_ioctl_in = arg(op_in)?;
