@@ -7,6 +7,8 @@
 //! A node lives while the kernel holds lookups on it; FORGET releases it.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -199,6 +201,7 @@ impl Table {
 
     /// Moves `from` to `to`: the alias itself on `ino`, and for a directory every path below it.
     pub fn rename(&mut self, ino: u64, new_parent: u64, from: &Path, to: &Path) {
+        let mut is_dir = true;
         if let Some(n) = self.nodes.get_mut(&ino) {
             let n = Arc::make_mut(n);
             for a in n.aliases.iter_mut() {
@@ -207,21 +210,85 @@ impl Table {
                 }
             }
             n.parent = new_parent;
+            is_dir = n.is_dir;
         }
-        if !from.as_os_str().is_empty() {
-            let below = |a: &Arc<Path>| a.starts_with(from) && &**a != from;
-            for n in self.nodes.values_mut() {
-                if !n.aliases.iter().any(below) {
-                    continue;
-                }
-                for a in Arc::make_mut(n).aliases.iter_mut() {
-                    if let Ok(rest) = a.strip_prefix(from) {
-                        if !rest.as_os_str().is_empty() {
-                            *a = Arc::from(to.join(rest));
-                        }
-                    }
+        // Only a directory has paths below it. Finding them is a pass over every node (about
+        // 5 ms once a walk has made 54,000), which a file's rename has no need of. Without a
+        // node for `ino`, nodes below it may still await their FORGET: they move too.
+        if !is_dir || from.as_os_str().is_empty() {
+            return;
+        }
+        let from = from.as_os_str().as_bytes();
+        for n in self.nodes.values_mut() {
+            if !n.aliases.iter().any(|a| below(a, from).is_some()) {
+                continue;
+            }
+            for a in Arc::make_mut(n).aliases.iter_mut() {
+                if let Some(rest) = below(a, from) {
+                    *a = Arc::from(to.join(rest));
                 }
             }
         }
+    }
+}
+
+/// What follows `dir/` in `path`, if `path` is below the directory `dir` (compared as bytes:
+/// a `Path` comparison goes component by component, several times slower over every node).
+fn below<'a>(path: &'a Path, dir: &[u8]) -> Option<&'a OsStr> {
+    match path.as_os_str().as_bytes().strip_prefix(dir) {
+        Some([b'/', rest @ ..]) if !rest.is_empty() => Some(OsStr::from_bytes(rest)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(ino: u64, is_dir: bool, path: &str) -> Node {
+        Node {
+            ino,
+            is_dir,
+            lookups: 0,
+            aliases: vec![Arc::from(Path::new(path))],
+            parent: ROOT,
+            lower: None,
+            lower_dirs: LowerDirs::default(),
+            upper_absence: UpperAbsence::default(),
+            first_open: FirstOpen::default(),
+        }
+    }
+
+    fn path_of(t: &Table, ino: u64) -> &Path {
+        t.get(ino).expect("node").path()
+    }
+
+    #[test]
+    fn renaming_moves_the_paths_below_a_directory_only() {
+        let mut t = Table::default();
+        for n in [
+            node(2, true, "a"),
+            node(3, false, "a/f"),
+            node(4, true, "a/d"),
+            node(5, false, "a/d/g"),
+            node(6, false, "ab"),
+            node(7, false, "ab/x"),
+        ] {
+            t.upsert(n);
+        }
+        t.rename(3, 2, Path::new("a/f"), Path::new("a/f2"));
+        assert_eq!(path_of(&t, 3), Path::new("a/f2"));
+        t.rename(2, ROOT, Path::new("a"), Path::new("z/b"));
+        assert_eq!(path_of(&t, 2), Path::new("z/b"));
+        assert_eq!(path_of(&t, 3), Path::new("z/b/f2"));
+        assert_eq!(path_of(&t, 4), Path::new("z/b/d"));
+        assert_eq!(path_of(&t, 5), Path::new("z/b/d/g"));
+        // A name that only begins like the directory's is not below it.
+        assert_eq!(path_of(&t, 6), Path::new("ab"));
+        assert_eq!(path_of(&t, 7), Path::new("ab/x"));
+        // A file's rename leaves names that begin like it alone.
+        t.rename(6, ROOT, Path::new("ab"), Path::new("c"));
+        assert_eq!(path_of(&t, 6), Path::new("c"));
+        assert_eq!(path_of(&t, 7), Path::new("ab/x"));
     }
 }
