@@ -44,6 +44,13 @@ pub enum NewObject<'a> {
     Symlink { target: &'a Path },
 }
 
+/// How far [`UnionFs::rename_locked`] went.
+enum Renamed {
+    Done,
+    /// Stopped before copying up these lower files.
+    CopyFirst(Vec<u64>),
+}
+
 fn rename(from: &LayerPath, to: &LayerPath, flags: RenameFlags) -> Res<()> {
     let ((d1, r1), (d2, r2)) = (from.at(), to.at());
     renameat2(d1, r1, d2, r2, flags)
@@ -376,25 +383,31 @@ impl UnionFs {
         if flags & !known != 0 {
             return Err(Errno::EINVAL);
         }
-        let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        // What the rename will copy up, its data copied first (see `copy_up_data_first`).
-        let lower_files = {
-            let _ns = self.ns.read();
-            let mut v = Vec::new();
-            for (p, n) in [(p1, n1), (p2, n2)]
-                .into_iter()
-                .take(if exchange { 2 } else { 1 })
-            {
-                let (_, r, ino) = self.resolve_existing(p, n)?;
-                if r.upper.is_none() && r.lower.is_some() && !r.is_dir() {
-                    v.push(ino);
+        // A lower file the rename copies up has its data copied first, with the namespace lock
+        // released (see `copy_up_data_first`); the rename then starts again.
+        match self.rename_locked(p1, n1, p2, n2, flags, true)? {
+            Renamed::Done => Ok(()),
+            Renamed::CopyFirst(inos) => {
+                for ino in inos {
+                    self.copy_up_data_first(ino)?;
                 }
+                self.rename_locked(p1, n1, p2, n2, flags, false).map(drop)
             }
-            v
-        };
-        for ino in lower_files {
-            self.copy_up_data_first(ino)?;
         }
+    }
+
+    /// [`UnionFs::do_rename`] under the namespace lock; with `copy_first`, it stops before
+    /// copying up a lower file and names what to copy.
+    fn rename_locked(
+        &self,
+        p1: u64,
+        n1: &OsStr,
+        p2: u64,
+        n2: &OsStr,
+        flags: u32,
+        copy_first: bool,
+    ) -> Res<Renamed> {
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let _ns = self.ns.write();
         let up = self.upper()?;
         let (v1, r1, ino1) = self.resolve_existing(p1, n1)?;
@@ -419,7 +432,7 @@ impl UnionFs {
                 return Err(Errno::EISDIR);
             }
             if ino2 == Some(ino1) {
-                return Ok(());
+                return Ok(Renamed::Done);
             }
             if new_dir && !self.layers.list(&r2.dir_view(v2.path.join(n2)))?.is_empty() {
                 return Err(Errno::ENOTEMPTY);
@@ -430,6 +443,19 @@ impl UnionFs {
         let samedir = p1 == p2;
         let old_positive = self.lower_positive(&v1, n1, &r1)?;
 
+        let lower_file = |r: &Resolved| r.upper.is_none() && r.lower.is_some() && !r.is_dir();
+        if copy_first {
+            let mut to_copy = Vec::new();
+            if lower_file(&r1) {
+                to_copy.push(ino1);
+            }
+            if let (true, Some(ino2)) = (exchange && lower_file(&r2), ino2) {
+                to_copy.push(ino2);
+            }
+            if !to_copy.is_empty() {
+                return Ok(Renamed::CopyFirst(to_copy));
+            }
+        }
         self.copy_up(&self.node_from(p1, &v1, n1, &r1), false)?;
         let v2 = self.upper_dir(v2)?;
         if exchange {
@@ -478,7 +504,7 @@ impl UnionFs {
             }
             table.rename(ino1, p2, &old_rel, &new_rel);
         }
-        Ok(())
+        Ok(Renamed::Done)
     }
 
     /// Before a directory at `rel` (upper) moves to a parent whose view is `dest`: a directory
