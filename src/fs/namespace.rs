@@ -18,7 +18,7 @@ use fuser::FileAttr;
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, AtFlags, OFlag, RenameFlags};
 use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag};
-use nix::unistd::{Gid, Uid};
+use nix::unistd::{Gid, Uid, UnlinkatFlags};
 
 use super::core::{errno_of, Res, UnionFs};
 use crate::layer_index::{self, DirView, LayerPath, LowerDirs, Resolved};
@@ -306,7 +306,9 @@ impl UnionFs {
         if positive {
             up.whiteout(&rel).map_err(|e| e.errno())?;
         } else {
-            std::fs::remove_file(up.path(&rel)).map_err(errno_of)?;
+            let path = up.path(&rel);
+            let (dir, name) = path.at();
+            nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)?;
         }
         self.table.lock().remove_alias(ino, &rel);
         Ok(())
@@ -329,10 +331,18 @@ impl UnionFs {
         if positive {
             up.whiteout(&rel).map_err(|e| e.errno())?;
         } else {
-            // Only markers can be left inside: move it away in one step, then delete.
-            let tmp = up.temp();
-            rename(&up.path(&rel), &tmp.clone().into(), RenameFlags::empty())?;
-            up.discard_dir(tmp);
+            let path = up.path(&rel);
+            let (dir, name) = path.at();
+            match nix::unistd::unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
+                Ok(()) => {}
+                // Only markers can be left inside: move it away in one step, then delete.
+                Err(Errno::ENOTEMPTY | Errno::EEXIST) => {
+                    let tmp = up.temp();
+                    rename(&path, &tmp.clone().into(), RenameFlags::empty())?;
+                    up.discard_dir(tmp);
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.table.lock().remove_alias(ino, &rel);
         Ok(())
