@@ -275,7 +275,7 @@ fn staging_under_way(work: &Path) -> bool {
 }
 
 /// While a large lower file is being copied up (set off by a chmod, by an open for writing,
-/// by a rename), other names of the mount can be looked up and other files opened: the copy
+/// by a rename, by a link), other names of the mount can be looked up and other files opened: the copy
 /// is made holding no lock over the whole mount. Checked by what the upper holds once each
 /// probe is answered: the copy not yet in place.
 #[test]
@@ -285,7 +285,7 @@ fn copy_up_of_a_large_file_holds_up_nothing_else() {
     }
     const LEN: usize = 128 << 20;
     let s = Stack::new(1);
-    let hows = ["chmod", "open for writing", "rename"];
+    let hows = ["chmod", "open for writing", "rename", "link"];
     for how in hows {
         // Data, not a hole: holes are not copied.
         std::fs::write(s.lowers[0].join(format!("big-{how}")), vec![0x5a; LEN]).unwrap();
@@ -304,6 +304,7 @@ fn copy_up_of_a_large_file_holds_up_nothing_else() {
                     std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600))
                 }
                 "rename" => std::fs::rename(&big, big.with_extension("moved")),
+                "link" => std::fs::hard_link(&big, big.with_extension("moved")),
                 _ => std::fs::OpenOptions::new()
                     .append(true)
                     .open(&big)

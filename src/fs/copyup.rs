@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use super::core::{Backing, Res, UnionFs};
 use super::inode::Node;
 use crate::cow::Upper;
-use crate::layer_index::{is_dir, DirView, LayerPath, LowerObj};
+use crate::layer_index::{is_dir, DirView, LowerObj};
 
 impl UnionFs {
     /// The writable upper, or EROFS for a mount without one.
@@ -123,19 +123,49 @@ impl UnionFs {
     /// for each other, so one copy is made; the staged copy is renamed into place under the
     /// namespace lock, after checking that it is still needed.
     pub(super) fn copy_up_data_first(&self, ino: u64) -> Res<()> {
-        if self.data_to_copy(ino)?.is_none() {
+        let needed = |fs: &Self| -> Res<Option<std::sync::Arc<Node>>> {
+            let _ns = fs.ns.read();
+            // A node the kernel has just forgotten: the change fails, or copies under the lock.
+            let Ok(node) = fs.node(ino) else {
+                return Ok(None);
+            };
+            Ok(fs.copies_data_first(&node)?.then_some(node))
+        };
+        if needed(self)?.is_none() {
             return Ok(());
         }
         let _one_copy = self.copyups.lock(ino);
         // Another copy-up of the inode may have ended while this one waited.
-        let Some((l, src)) = self.data_to_copy(ino)? else {
+        let Some(node) = needed(self)? else {
             return Ok(());
         };
+        let l = self.lower_obj(&node)?;
+        let src = self.layers.lowers[l.layer].join(&l.path);
         let up = self.upper()?;
         let tmp = up.stage_copy(&src, &l.st, ino, false).map_err(|e| {
             tracing::warn!(error = %e, "copy-up failed");
             e.errno()
         })?;
+        let installed = self.install_copy(ino, &l, &tmp);
+        if !matches!(installed, Ok(true)) {
+            up.discard_staged(&tmp);
+        }
+        installed.map(drop)
+    }
+
+    /// Whether [`UnionFs::copy_up_data_first`] copies `node`'s data: a lower file with one
+    /// link that the upper does not hold. Called with `ns` held.
+    pub(super) fn copies_data_first(&self, node: &Node) -> Res<bool> {
+        let single = node.lower.as_ref().is_some_and(|l| l.nlink == 1);
+        if node.is_dir || !single || node.aliases.is_empty() || self.upper.is_none() {
+            return Ok(false);
+        }
+        Ok(self.node_upper_stat(node)?.is_none())
+    }
+
+    /// Puts the copy of `ino`'s lower object `l` staged at `tmp` in place, unless the object
+    /// was copied up, moved or removed meanwhile (then `false`).
+    fn install_copy(&self, ino: u64, l: &LowerObj, tmp: &Path) -> Res<bool> {
         let _ns = self.ns.write();
         let node = self.node(ino)?;
         let same = node
@@ -143,34 +173,16 @@ impl UnionFs {
             .as_ref()
             .is_some_and(|n| n.layer == l.layer && *n.path == *l.path);
         if !same || node.aliases.is_empty() || self.upper_stat(node.path())?.is_some() {
-            up.discard_staged(&tmp);
-            return Ok(());
+            return Ok(false);
         }
         let rel = node.path().to_path_buf();
         self.copy_up_dir_path(rel.parent().unwrap_or(Path::new("")))?;
-        up.install_staged(&tmp, &rel).map_err(|e| e.errno())?;
+        self.upper()?
+            .install_staged(tmp, &rel)
+            .map_err(|e| e.errno())?;
         self.invalidate_attr(node.ino);
-        self.move_lower_handles(&node)
-    }
-
-    /// The lower object whose data [`UnionFs::copy_up_data_first`] would copy for `ino`, and
-    /// where it is; `None` when there is nothing to copy that way.
-    fn data_to_copy(&self, ino: u64) -> Res<Option<(LowerObj, LayerPath)>> {
-        let _ns = self.ns.read();
-        // A node the kernel has just forgotten: the change fails, or copies under the lock.
-        let Ok(node) = self.node(ino) else {
-            return Ok(None);
-        };
-        let single = node.lower.as_ref().is_some_and(|l| l.nlink == 1);
-        if node.is_dir || !single || node.aliases.is_empty() || self.upper.is_none() {
-            return Ok(None);
-        }
-        if self.node_upper_stat(&node)?.is_some() {
-            return Ok(None);
-        }
-        let l = self.lower_obj(&node)?;
-        let src = self.layers.lowers[l.layer].join(&l.path);
-        Ok(Some((l, src)))
+        self.move_lower_handles(&node)?;
+        Ok(true)
     }
 
     /// The lower object of `node` with its attributes, read now (nodes keep only where it is).

@@ -256,18 +256,30 @@ impl UnionFs {
         parent: u64,
         name: &OsStr,
     ) -> Res<(FileAttr, std::time::Duration)> {
-        self.copy_up_data_first(ino)?;
-        let _ns = self.ns.write();
         let up = self.upper()?;
-        let node = self.node(ino)?;
-        if node.is_dir {
-            return Err(Errno::EPERM);
-        }
-        let pview = self.dir_view(parent)?;
-        let r = self.layers.resolve(&pview, name)?;
-        if r.exists() {
-            return Err(Errno::EEXIST);
-        }
+        let mut ns = self.ns.write();
+        let mut copied = false;
+        let (node, pview, r) = loop {
+            let node = self.node(ino)?;
+            if node.is_dir {
+                return Err(Errno::EPERM);
+            }
+            let pview = self.dir_view(parent)?;
+            let r = self.layers.resolve(&pview, name)?;
+            if r.exists() {
+                return Err(Errno::EEXIST);
+            }
+            // A lower file's data is copied with the namespace lock released (see
+            // `copy_up_data_first`); the link then starts again.
+            if !copied && self.copies_data_first(&node)? {
+                drop(ns);
+                self.copy_up_data_first(ino)?;
+                copied = true;
+                ns = self.ns.write();
+                continue;
+            }
+            break (node, pview, r);
+        };
         self.copy_up(&node, false)?;
         let view = self.upper_dir(pview)?;
         let src = up.path(node.path());
