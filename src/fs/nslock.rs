@@ -59,6 +59,14 @@ pub struct NsWrite<'a> {
     _guard: RwLockWriteGuard<'a, ()>,
 }
 
+impl NsWrite<'_> {
+    /// The generation the upper was at when this hold began: if it equals one read earlier,
+    /// nothing changed the upper in between.
+    pub fn started_at(&self) -> u64 {
+        self.ns.generation.load(Ordering::Relaxed)
+    }
+}
+
 impl Drop for NsWrite<'_> {
     /// Runs before the guard field is dropped, so no reader sees the new state at the old
     /// generation.

@@ -383,6 +383,40 @@ fn rmdir_nonempty_merged_dir_enotempty() {
     }
 }
 
+/// A large directory (whose emptiness unionfs lists before taking its namespace lock) is
+/// removed only once every entry is gone, however it went.
+#[test]
+fn rmdir_large_lower_dir_only_once_empty() {
+    if !common::can_mount("rmdir_large_lower_dir_only_once_empty") {
+        return;
+    }
+    let files: Vec<String> = (0..1000).map(|i| format!("big/f{i:04}")).collect();
+    let layer: Vec<Node> = files.iter().map(|f| File(f, b"x")).collect();
+    for t in targets() {
+        let mut e = Env::new(t, &[&layer], &[]);
+        assert_errno(
+            t,
+            "rmdir big",
+            std::fs::remove_dir(e.p("big")),
+            libc::ENOTEMPTY,
+        );
+        for f in &files[1..] {
+            std::fs::remove_file(e.p(f)).unwrap_or_else(|err| panic!("{t}: unlink {f}: {err}"));
+        }
+        let one_left = std::fs::remove_dir(e.p("big"));
+        assert_errno(t, "rmdir big, one left", one_left, libc::ENOTEMPTY);
+        std::fs::remove_file(e.p(&files[0])).expect("unlink the last");
+        std::fs::write(e.p("big/new"), b"n").expect("create in big");
+        let new_one = std::fs::remove_dir(e.p("big"));
+        assert_errno(t, "rmdir big, a new name", new_one, libc::ENOTEMPTY);
+        std::fs::remove_file(e.p("big/new")).expect("unlink big/new");
+        std::fs::remove_dir(e.p("big")).unwrap_or_else(|err| panic!("{t}: rmdir: {err}"));
+        assert!(is_char_whiteout(&e.upper("big")), "{t}: upper big");
+        e.remount();
+        assert_gone(t, &e, "big");
+    }
+}
+
 #[test]
 fn rename_lower_file_replaces_and_whites_out_old_name() {
     if !common::can_mount("rename_lower_file_replaces_and_whites_out_old_name") {
