@@ -433,11 +433,11 @@ impl Filesystem for Fuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (entries, start) = match self.do_readdir(ino.0, offset) {
-            Ok(e) => e,
+        let (listing, start) = match self.do_readdir(ino.0, offset) {
+            Ok(l) => l,
             Err(e) => return reply.error(err(e)),
         };
-        for e in &entries[start..] {
+        for e in &listing.entries[start..] {
             if reply.add(INodeNo(e.ino), e.cookie, e.kind, &e.name) {
                 break;
             }
@@ -453,16 +453,16 @@ impl Filesystem for Fuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (entries, start) = match self.do_readdir(ino.0, offset) {
-            Ok(e) => e,
+        let (listing, start) = match self.do_readdir(ino.0, offset) {
+            Ok(l) => l,
             Err(e) => return reply.error(err(e)),
         };
-        let resolver = match self.plus_resolver(ino.0) {
+        let resolver = match self.plus_resolver(ino.0, &listing) {
             Ok(r) => r,
             Err(e) => return reply.error(err(e)),
         };
         let mut sent = Vec::new();
-        for e in &entries[start..] {
+        for e in &listing.entries[start..] {
             let next = e.cookie;
             let full = if matches!(e.plus, Plus::Dot) {
                 // `.` and `..`: the kernel does not instantiate them, but their inode number

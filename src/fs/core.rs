@@ -16,7 +16,7 @@ use nix::errno::Errno;
 use nix::sys::stat::FileStat;
 use parking_lot::Mutex;
 
-use super::handle::{DirEntry, Handles, Plus};
+use super::handle::{DirEntry, Handles, Listing, Plus};
 use super::inode::{Node, NodeLower, Table, UpperAbsence, ROOT};
 use super::nslock::NsLock;
 use crate::cow::Upper;
@@ -434,25 +434,26 @@ impl UnionFs {
     /// continue from any earlier listing): each entry's cookie is a hash of its name, listings
     /// are sorted by it, and reading resumes after the given cookie. The returned index is
     /// where that is.
-    pub fn do_readdir(&self, ino: u64, offset: u64) -> Res<(Arc<Vec<DirEntry>>, usize)> {
+    pub fn do_readdir(&self, ino: u64, offset: u64) -> Res<(Arc<Listing>, usize)> {
         let listings = &self.handles.listings;
-        let entries = match listings.get(ino) {
-            Some(e) if offset != 0 => e,
+        let listing = match listings.get(ino) {
+            Some(l) if offset != 0 => l,
             _ => {
-                let e = Arc::new(self.listing(ino)?);
-                listings.park(ino, e.clone());
-                e
+                let l = Arc::new(self.listing(ino)?);
+                listings.park(ino, l.clone());
+                l
             }
         };
-        let start = entries.partition_point(|e| e.cookie <= offset);
-        if start == entries.len() {
+        let start = listing.entries.partition_point(|e| e.cookie <= offset);
+        if start == listing.entries.len() {
             listings.drop_listing(ino);
         }
-        Ok((entries, start))
+        Ok((listing, start))
     }
 
-    fn listing(&self, ino: u64) -> Res<Vec<DirEntry>> {
+    fn listing(&self, ino: u64) -> Res<Listing> {
         let _ns = self.ns.read();
+        let generation = self.ns.generation();
         let node = self.node(ino)?;
         let view = self.dir_view(ino)?;
         let list = self.layers.list_shallow(&view)?;
@@ -489,18 +490,25 @@ impl UnionFs {
             });
         }
         entries.sort_by_key(|e| e.cookie);
-        Ok(entries)
+        Ok(Listing {
+            entries,
+            generation,
+        })
     }
 
-    /// Resolves, for readdirplus, the entries of directory `ino`'s listing that were listed
-    /// without their attributes (see `Plus::Later`).
-    pub fn plus_resolver(&self, ino: u64) -> Res<PlusResolver<'_>> {
+    /// Resolves, for readdirplus, the entries of `listing` (of directory `ino`) that were
+    /// listed without their attributes (see `Plus::Later`), and those listed with them if the
+    /// upper has changed since: sent as they were, a name removed meanwhile would be put back
+    /// in the kernel's cache, for a day, by the reply.
+    pub fn plus_resolver(&self, ino: u64, listing: &Listing) -> Res<PlusResolver<'_>> {
         let ns = self.ns.read();
         let view = self.dir_view(ino)?;
+        let current = listing.generation.is_some() && listing.generation == self.ns.generation();
         Ok(PlusResolver {
             fs: self,
             dir: ino,
             view,
+            current,
             _ns: ns,
         })
     }
@@ -520,6 +528,8 @@ pub struct PlusResolver<'a> {
     fs: &'a UnionFs,
     dir: u64,
     view: DirView,
+    /// Whether the listing's resolved entries are still what the upper shows.
+    current: bool,
     _ns: parking_lot::RwLockReadGuard<'a, ()>,
 }
 
@@ -529,8 +539,8 @@ impl PlusResolver<'_> {
     pub fn plus(&self, e: &DirEntry) -> Res<Option<(Node, FileAttr)>> {
         match &e.plus {
             Plus::Dot => Ok(None),
-            Plus::Ready(ready) => Ok(Some((**ready).clone())),
-            Plus::Later => {
+            Plus::Ready(ready) if self.current => Ok(Some((**ready).clone())),
+            Plus::Ready(_) | Plus::Later => {
                 let r = self.fs.layers.resolve(&self.view, &e.name)?;
                 if !r.exists() {
                     return Ok(None);

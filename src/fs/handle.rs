@@ -117,6 +117,15 @@ pub enum Plus {
     Later,
 }
 
+/// A directory's merged listing, sorted by cookie.
+#[derive(Debug)]
+pub struct Listing {
+    pub entries: Vec<DirEntry>,
+    /// The upper generation it was read at (see `nslock`), if known: its entries resolved with
+    /// their attributes (`Plus::Ready`) are current only while the generation is the same.
+    pub generation: Option<u64>,
+}
+
 /// How many listings in the middle of being read are kept at once.
 const LISTINGS_KEPT: usize = 16;
 
@@ -130,7 +139,7 @@ const LISTINGS_KEPT: usize = 16;
 /// POSIX allows entries changed during a read to show either way.
 #[derive(Debug)]
 pub struct Listings {
-    parked: Mutex<lru::LruCache<u64, Arc<Vec<DirEntry>>>>,
+    parked: Mutex<lru::LruCache<u64, Arc<Listing>>>,
 }
 
 impl Default for Listings {
@@ -144,12 +153,12 @@ impl Default for Listings {
 
 impl Listings {
     /// The parked listing of directory `ino`.
-    pub fn get(&self, ino: u64) -> Option<Arc<Vec<DirEntry>>> {
+    pub fn get(&self, ino: u64) -> Option<Arc<Listing>> {
         self.parked.lock().get(&ino).cloned()
     }
 
-    pub fn park(&self, ino: u64, entries: Arc<Vec<DirEntry>>) {
-        self.parked.lock().put(ino, entries);
+    pub fn park(&self, ino: u64, listing: Arc<Listing>) {
+        self.parked.lock().put(ino, listing);
     }
 
     pub fn drop_listing(&self, ino: u64) {

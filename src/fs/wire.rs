@@ -485,15 +485,15 @@ fn readdir(
     plus: bool,
     out: &mut Vec<u8>,
 ) -> Res<()> {
-    let (entries, start) = fs.do_readdir(ino, a.offset)?;
+    let (listing, start) = fs.do_readdir(ino, a.offset)?;
     let resolver = if plus {
-        Some(fs.plus_resolver(ino)?)
+        Some(fs.plus_resolver(ino, &listing)?)
     } else {
         None
     };
     let max = a.size as usize;
     let mut sent = Vec::new();
-    for e in &entries[start..] {
+    for e in &listing.entries[start..] {
         let name = e.name.as_bytes();
         let (found, head) = match &resolver {
             None => (None, None),

@@ -420,3 +420,41 @@ fn dir_fd_opened_before_copy_up_sees_new_entries_after_rewind() {
         assert_eq!(list(&mut d), ["b"], "{t}: same fd after rewind");
     }
 }
+
+/// Names removed while a listing is being read stay removed: the listing's later buffers, read
+/// with attributes (the kernel asks for them again once the removals have looked names up), do
+/// not hand the kernel an entry for a name that is gone, which it would otherwise keep, with
+/// its attributes, as if the file were there.
+#[test]
+fn names_removed_during_a_listing_stay_removed() {
+    if !common::can_mount("names_removed_during_a_listing_stay_removed") {
+        return;
+    }
+    let files: Vec<String> = (0..3000).map(|i| format!("d/file{i:05}")).collect();
+    let upper: Vec<Node> = files.iter().map(|f| File(f, b"")).collect();
+    for t in targets() {
+        let e = Env::new(t, &[&[Dir("d")]], &upper);
+        let mut listing = std::fs::read_dir(e.p("d")).expect("opendir");
+        let seen: Vec<String> = (&mut listing)
+            .take(5)
+            .map(|d| format!("d/{}", d.expect("entry").file_name().to_string_lossy()))
+            .collect();
+        let removed: Vec<&String> = files.iter().filter(|f| !seen.contains(f)).collect();
+        for f in &removed {
+            std::fs::remove_file(e.p(f)).unwrap_or_else(|err| panic!("{t}: unlink {f}: {err}"));
+        }
+        for d in listing {
+            d.expect("entry after the removals");
+        }
+        let back: Vec<&&String> = removed
+            .iter()
+            .filter(|f| std::fs::symlink_metadata(e.p(f)).is_ok())
+            .collect();
+        assert!(
+            back.is_empty(),
+            "{t}: {} removed names back after the listing, e.g. {:?}",
+            back.len(),
+            back.first()
+        );
+    }
+}
