@@ -433,7 +433,7 @@ impl Filesystem for Fuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (listing, start) = match self.do_readdir(ino.0, offset) {
+        let (listing, start, _) = match self.do_readdir(ino.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(err(e)),
         };
@@ -453,11 +453,11 @@ impl Filesystem for Fuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (listing, start) = match self.do_readdir(ino.0, offset) {
+        let (listing, start, fresh) = match self.do_readdir(ino.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(err(e)),
         };
-        let resolver = match self.plus_resolver(ino.0, &listing) {
+        let resolver = match self.plus_resolver(ino.0, &listing, fresh) {
             Ok(r) => r,
             Err(e) => return reply.error(err(e)),
         };

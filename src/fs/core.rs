@@ -434,40 +434,46 @@ impl UnionFs {
     /// continue from any earlier listing): each entry's cookie is a hash of its name, listings
     /// are sorted by it, and reading resumes after the given cookie. The returned index is
     /// where that is.
-    pub fn do_readdir(&self, ino: u64, offset: u64) -> Res<(Arc<Listing>, usize)> {
+    /// The listing also says whether this call read it (`fresh`), rather than took it parked.
+    pub fn do_readdir(&self, ino: u64, offset: u64) -> Res<(Arc<Listing>, usize, bool)> {
         let listings = &self.handles.listings;
-        let listing = match listings.get(ino) {
-            Some(l) if offset != 0 => l,
+        let (listing, fresh) = match listings.get(ino) {
+            Some(l) if offset != 0 => (l, false),
             _ => {
                 let l = Arc::new(self.listing(ino)?);
                 listings.park(ino, l.clone());
-                l
+                (l, true)
             }
         };
         let start = listing.entries.partition_point(|e| e.cookie <= offset);
         if start == listing.entries.len() {
             listings.drop_listing(ino);
         }
-        Ok((listing, start))
+        Ok((listing, start, fresh))
     }
 
     /// The merged listing of directory `ino`, read with no namespace lock held: listing a
     /// large directory takes long, and under the lock every change on the mount waited for it
-    /// (100,000 lower names: a create in another directory waited 94 ms). Each change the
-    /// daemon makes to the upper appears whole (a rename, a link), so the directory read is
-    /// as it was, or as it changes, which POSIX lets a listing show. Read again under the
-    /// lock if the directory itself moved or was copied up meanwhile, or if reading failed.
-    /// Its entries resolved with attributes are sent as they are only while the upper
-    /// generation is the one its reading began and ended at (see `plus_resolver`).
+    /// (100,000 lower names: a create in another directory waited 94 ms). While the kernel
+    /// reads a directory it keeps the changes of names in it out (they hold the directory's
+    /// lock), and the daemon's other changes to the upper appear whole (a copy-up is renamed
+    /// into place), so the directory is read as it was, or as it changes, which POSIX lets a
+    /// listing show. It is read again under the lock if reading failed, or if a directory was
+    /// renamed or removed meanwhile (its path may then have led elsewhere for a while), or
+    /// the directory was copied up. Its entries resolved with attributes are sent as they are
+    /// only by the read that made it, and only if the upper generation stayed the same (see
+    /// `plus_resolver`).
     fn listing(&self, ino: u64) -> Res<Listing> {
-        let (before, node, view) = {
+        let (before, moves, node, view) = {
             let _ns = self.ns.read();
-            (self.ns.generation(), self.node(ino)?, self.dir_view(ino)?)
+            let (before, moves) = (self.ns.generation(), self.ns.moves());
+            (before, moves, self.node(ino)?, self.dir_view(ino)?)
         };
         let unlocked = self.read_listing(&node, &view);
         let _ns = self.ns.read();
         let now = self.dir_view(ino)?;
-        let same_place = now.path == view.path
+        let same_place = self.ns.moves() == moves
+            && now.path == view.path
             && now.in_upper == view.in_upper
             && (Arc::ptr_eq(&now.lowers, &view.lowers) || now.lowers == view.lowers);
         let (entries, generation) = match unlocked {
@@ -533,13 +539,16 @@ impl UnionFs {
     }
 
     /// Resolves, for readdirplus, the entries of `listing` (of directory `ino`) that were
-    /// listed without their attributes (see `Plus::Later`), and those listed with them if the
-    /// upper has changed since: sent as they were, a name removed meanwhile would be put back
-    /// in the kernel's cache, for a day, by the reply.
-    pub fn plus_resolver(&self, ino: u64, listing: &Listing) -> Res<PlusResolver<'_>> {
+    /// listed without their attributes (see `Plus::Later`), and those listed with them unless
+    /// the listing was read by this same request (`fresh`) with the upper unchanged since. The
+    /// kernel keeps what a reply says for a day: a name removed since, or attributes changed
+    /// before the request (a write clearing a set-id bit, a passthrough write's new size), would
+    /// otherwise be put back in its cache.
+    pub fn plus_resolver(&self, ino: u64, listing: &Listing, fresh: bool) -> Res<PlusResolver<'_>> {
         let ns = self.ns.read();
         let view = self.dir_view(ino)?;
-        let current = listing.generation.is_some() && listing.generation == self.ns.generation();
+        let current =
+            fresh && listing.generation.is_some() && listing.generation == self.ns.generation();
         Ok(PlusResolver {
             fs: self,
             dir: ino,

@@ -121,8 +121,9 @@ pub enum Plus {
 #[derive(Debug)]
 pub struct Listing {
     pub entries: Vec<DirEntry>,
-    /// The upper generation it was read at (see `nslock`), if known: its entries resolved with
-    /// their attributes (`Plus::Ready`) are current only while the generation is the same.
+    /// The upper generation it was read at (see `nslock`), if it stayed the same while it was
+    /// read: its entries resolved with their attributes (`Plus::Ready`) are sent as they are
+    /// only by the request that read it, and only if the generation is still the same.
     pub generation: Option<u64>,
 }
 

@@ -369,6 +369,7 @@ impl UnionFs {
         }
         let positive = self.lower_positive(&pview, name, &r)?;
         self.upper_dir(pview.clone())?;
+        ns.dir_moved();
         if positive {
             up.whiteout(&rel).map_err(|e| e.errno())?;
         } else {
@@ -477,7 +478,7 @@ impl UnionFs {
         copy_first: bool,
     ) -> Res<Renamed> {
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        let _ns = self.ns.write();
+        let ns = self.ns.write();
         let up = self.upper()?;
         let (v1, r1, ino1) = self.resolve_existing(p1, n1)?;
         if n2.len() > 255 {
@@ -544,6 +545,9 @@ impl UnionFs {
             self.drop_link(&self.node_from(p2, &v2, n2, &r2), &r2)?;
         }
 
+        if old_dir || new_dir {
+            ns.dir_moved();
+        }
         if exchange {
             rename(&old_up, &new_up, RenameFlags::RENAME_EXCHANGE)?;
         } else if old_positive {

@@ -16,6 +16,9 @@ pub struct NsLock {
     generation: AtomicU64,
     /// Whether a change is in progress: facts remembered earlier may be stale until it ends.
     changing: AtomicBool,
+    /// How many directories have been renamed or removed: a directory read by path without
+    /// the lock was read where it was only if this did not move meanwhile.
+    moves: AtomicU64,
 }
 
 impl Default for NsLock {
@@ -25,6 +28,7 @@ impl Default for NsLock {
             // 0 is never a generation, so that it can stand for "not known".
             generation: AtomicU64::new(1),
             changing: AtomicBool::new(false),
+            moves: AtomicU64::new(0),
         }
     }
 }
@@ -52,6 +56,11 @@ impl NsLock {
         }
         Some(self.generation.load(Ordering::Relaxed))
     }
+
+    /// How many directories have been renamed or removed so far. Called with the lock held.
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Relaxed)
+    }
 }
 
 pub struct NsWrite<'a> {
@@ -60,6 +69,11 @@ pub struct NsWrite<'a> {
 }
 
 impl NsWrite<'_> {
+    /// Counts a directory renamed or removed under this hold (see [`NsLock::moves`]).
+    pub fn dir_moved(&self) {
+        self.ns.moves.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The generation the upper was at when this hold began: if it equals one read earlier,
     /// nothing changed the upper in between.
     pub fn started_at(&self) -> u64 {

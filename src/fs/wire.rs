@@ -485,9 +485,9 @@ fn readdir(
     plus: bool,
     out: &mut Vec<u8>,
 ) -> Res<()> {
-    let (listing, start) = fs.do_readdir(ino, a.offset)?;
+    let (listing, start, fresh) = fs.do_readdir(ino, a.offset)?;
     let resolver = if plus {
-        Some(fs.plus_resolver(ino, &listing)?)
+        Some(fs.plus_resolver(ino, &listing, fresh)?)
     } else {
         None
     };
