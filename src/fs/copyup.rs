@@ -8,6 +8,7 @@ use nix::errno::Errno;
 
 use super::core::{Backing, Res, UnionFs};
 use super::inode::Node;
+use super::nslock::NsWrite;
 use crate::cow::Upper;
 use crate::layer_index::{is_dir, DirView, LowerObj};
 
@@ -123,20 +124,20 @@ impl UnionFs {
     /// for each other, so one copy is made; the staged copy is renamed into place under the
     /// namespace lock, after checking that it is still needed.
     pub(super) fn copy_up_data_first(&self, ino: u64) -> Res<()> {
-        let needed = |fs: &Self| -> Res<Option<std::sync::Arc<Node>>> {
-            let _ns = fs.ns.read();
+        let needed = || -> Res<Option<std::sync::Arc<Node>>> {
+            let _ns = self.ns.read();
             // A node the kernel has just forgotten: the change fails, or copies under the lock.
-            let Ok(node) = fs.node(ino) else {
+            let Ok(node) = self.node(ino) else {
                 return Ok(None);
             };
-            Ok(fs.copies_data_first(&node)?.then_some(node))
+            Ok(self.copies_data_first(&node)?.then_some(node))
         };
-        if needed(self)?.is_none() {
+        if needed()?.is_none() {
             return Ok(());
         }
         let _one_copy = self.copyups.lock(ino);
         // Another copy-up of the inode may have ended while this one waited.
-        let Some(node) = needed(self)? else {
+        let Some(node) = needed()? else {
             return Ok(());
         };
         let l = self.lower_obj(&node)?;
@@ -151,6 +152,24 @@ impl UnionFs {
             up.discard_staged(&tmp);
         }
         installed.map(drop)
+    }
+
+    /// Holds the namespace lock alone for a change that copies `ino` up. When that means
+    /// copying a lower file's data, the data is copied first with the lock released
+    /// ([`UnionFs::copy_up_data_first`]) and the lock taken again; a change to an object in the
+    /// upper already takes the lock once, as any change does.
+    pub(super) fn ns_write_for_copy_up(&self, ino: u64) -> Res<NsWrite<'_>> {
+        let ns = self.ns.write();
+        let copies = match self.node(ino) {
+            Ok(node) => self.copies_data_first(&node)?,
+            Err(_) => false,
+        };
+        if !copies {
+            return Ok(ns);
+        }
+        drop(ns);
+        self.copy_up_data_first(ino)?;
+        Ok(self.ns.write())
     }
 
     /// Whether [`UnionFs::copy_up_data_first`] copies `node`'s data: a lower file with one

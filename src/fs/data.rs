@@ -462,12 +462,12 @@ impl UnionFs {
 
     /// Changes attributes; the object is copied up first (without data when truncated to 0).
     pub fn do_setattr(&self, ino: u64, a: SetAttr) -> Res<FileAttr> {
-        if a.size != Some(0) {
-            self.copy_up_data_first(ino)?;
-        }
         // A truncation must not race a preload of the same file (see `preload`).
         let _no_preload = a.size.is_some().then(|| self.handles.opening.lock(ino));
-        let _ns = self.ns.write();
+        let _ns = match a.size {
+            Some(0) => self.ns.write(),
+            _ => self.ns_write_for_copy_up(ino)?,
+        };
         let node = self.node(ino)?;
         if node.aliases.is_empty() {
             return self.setattr_unlinked(&node, a);
@@ -586,8 +586,7 @@ impl UnionFs {
         if whiteout::is_private_xattr(name) {
             return Err(Errno::EOPNOTSUPP);
         }
-        self.copy_up_data_first(ino)?;
-        let _ns = self.ns.write();
+        let _ns = self.ns_write_for_copy_up(ino)?;
         let node = self.node(ino)?;
         let b = self.xattr_target(&node)?;
         xattr::set(b.path(), name, value, flags)
@@ -599,8 +598,7 @@ impl UnionFs {
     /// anything else could have effects of its own.
     pub fn do_fileattr(&self, ino: u64, op: FileAttrOp, input: &[u8]) -> Res<Vec<u8>> {
         if op.is_set() {
-            self.copy_up_data_first(ino)?;
-            let _ns = self.ns.write();
+            let _ns = self.ns_write_for_copy_up(ino)?;
             let node = self.node(ino)?;
             let b = self.xattr_target(&node)?;
             fileattr_at(&b, node.is_dir, op, input)
@@ -634,10 +632,11 @@ impl UnionFs {
             let (b, _) = self.locate(&*self.node(ino)?)?;
             xattr::get(b.path(), name)?.is_some()
         };
-        if present {
-            self.copy_up_data_first(ino)?;
-        }
-        let _ns = self.ns.write();
+        let _ns = if present {
+            self.ns_write_for_copy_up(ino)?
+        } else {
+            self.ns.write()
+        };
         let node = self.node(ino)?;
         if xattr::get(self.locate(&node)?.0.path(), name)?.is_none() {
             return Err(Errno::ENODATA);

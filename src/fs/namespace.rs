@@ -513,7 +513,10 @@ impl UnionFs {
         let samedir = p1 == p2;
         let old_positive = self.lower_positive(&v1, n1, &r1)?;
 
-        let lower_file = |r: &Resolved| r.upper.is_none() && r.lower.is_some() && !r.is_dir();
+        // What `copies_data_first` would copy: a lower file with one link.
+        let lower_file = |r: &Resolved| {
+            r.upper.is_none() && !r.is_dir() && r.lower.as_ref().is_some_and(|l| l.st.st_nlink == 1)
+        };
         if copy_first {
             let mut to_copy = Vec::new();
             if lower_file(&r1) {
