@@ -246,6 +246,11 @@ impl UnionFs {
             // Unlinked while open: only its file handles reach it now.
             return Err(Errno::ENOENT);
         }
+        if let (None, Some(up)) = (&node.lower, &self.upper) {
+            // Nothing below it: the upper holds it at its path, which changes only under the
+            // namespace lock. A caller that needs its attributes reads them there.
+            return Ok((Backing::Upper(up.path(node.path())), None));
+        }
         if let Some(st) = self.node_upper_stat(node)? {
             if let Some(up) = &self.upper {
                 return Ok((Backing::Upper(up.path(node.path())), Some(st)));

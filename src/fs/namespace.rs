@@ -324,7 +324,7 @@ impl UnionFs {
         let positive = self.lower_positive(&pview, name, &r)?;
         let view = self.upper_dir(pview.clone())?;
         let rel = view.path.join(name);
-        let node = self.node_from(parent, &pview, name, &r);
+        let node = Self::node_at(ino, parent, &pview, name, &r);
         self.drop_link(&node, &r)?;
         if positive {
             up.whiteout(&rel).map_err(|e| e.errno())?;
@@ -529,10 +529,10 @@ impl UnionFs {
                 return Ok(Renamed::CopyFirst(to_copy));
             }
         }
-        self.copy_up(&self.node_from(p1, &v1, n1, &r1), false)?;
+        self.copy_up(&Self::node_at(ino1, p1, &v1, n1, &r1), false)?;
         let v2 = self.upper_dir(v2)?;
-        if exchange {
-            self.copy_up(&self.node_from(p2, &v2, n2, &r2), false)?;
+        if let (true, Some(ino2)) = (exchange, ino2) {
+            self.copy_up(&Self::node_at(ino2, p2, &v2, n2, &r2), false)?;
         }
         let (old_up, new_up) = (up.path(&old_rel), up.path(&new_rel));
         if !exchange && new_dir && r2.upper.is_some() && has_entries(&new_up)? {
@@ -544,8 +544,8 @@ impl UnionFs {
         if exchange && new_dir {
             self.mark_moved_dir(&new_rel, n2, samedir, !r2.lower_dirs.is_empty(), &v1)?;
         }
-        if !exchange && r2.exists() && !new_dir {
-            self.drop_link(&self.node_from(p2, &v2, n2, &r2), &r2)?;
+        if let (false, Some(ino2), false) = (exchange, ino2, new_dir) {
+            self.drop_link(&Self::node_at(ino2, p2, &v2, n2, &r2), &r2)?;
         }
 
         if old_dir || new_dir {

@@ -65,15 +65,21 @@ fn origin_name(ns: XattrNs) -> OsString {
     OsString::from(format!("{prefix}{ORIGIN_XATTR_SUFFIX}"))
 }
 
-/// The origin inode recorded on an upper object, if any.
+/// The origin inode recorded on an upper object in either namespace, if any: for tools that
+/// read an upper written by a daemon of another user.
 pub fn origin_of(path: &Path) -> Option<u64> {
     [XattrNs::Trusted, XattrNs::User]
         .into_iter()
-        .find_map(|ns| {
-            let v = xattr::get(path, &origin_name(ns)).ok().flatten()?;
-            let bytes: [u8; 8] = v.try_into().ok()?;
-            Some(u64::from_le_bytes(bytes))
-        })
+        .find_map(|ns| origin_in(path, ns))
+}
+
+/// The origin inode recorded on an upper object in namespace `ns`, if any. A mount reads only
+/// the namespace it writes (as kernel overlayfs reads only `trusted.` or, with `userxattr`,
+/// only `user.`): one system call per lookup of an upper object instead of two.
+pub fn origin_in(path: &Path, ns: XattrNs) -> Option<u64> {
+    let v = xattr::get(path, &origin_name(ns)).ok().flatten()?;
+    let bytes: [u8; 8] = v.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
 }
 
 /// Records `ino` as the origin of the upper object at `path`.

@@ -25,7 +25,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstatat, FileStat, Mode, SFlag};
 
-use crate::whiteout;
+use crate::whiteout::{self, XattrNs};
 
 use index::LayerIndex;
 pub use ino::{origin_of, set_origin, InoMapper, ORIGIN_XATTR_SUFFIX};
@@ -195,6 +195,9 @@ pub struct Layers {
     pub upper: Option<Layer>,
     pub lowers: Vec<Layer>,
     pub inos: InoMapper,
+    /// The namespace of the origin xattrs this process writes on upper objects (see
+    /// [`ino::origin_in`]).
+    origin_ns: XattrNs,
     /// Each lower layer's name index, once built or loaded (see [`index`] and [`loader`]).
     indexes: Arc<Indexes>,
 }
@@ -313,6 +316,7 @@ impl Layers {
             upper,
             lowers,
             inos,
+            origin_ns: XattrNs::for_current_user(),
             indexes,
         })
     }
@@ -691,7 +695,8 @@ impl Layers {
                     .as_ref()
                     .expect("an upper object needs an upper layer");
                 let path = upper.join(&dir.path.join(name));
-                ino::origin_of(&path).unwrap_or_else(|| self.inos.map(st.st_dev, st.st_ino))
+                ino::origin_in(&path, self.origin_ns)
+                    .unwrap_or_else(|| self.inos.map(st.st_dev, st.st_ino))
             }
             (None, Some(l)) => self.inos.map(l.st.st_dev, l.st.st_ino),
             (None, None) => 0,
