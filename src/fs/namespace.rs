@@ -360,6 +360,23 @@ impl UnionFs {
         };
         let up = self.upper()?;
         let rel = pview.path.join(name);
+        let positive = self.lower_positive(&pview, name, &r)?;
+        if r.upper.is_some() && r.lower_dirs.is_empty() && !positive {
+            // Nothing below it and nothing to hide: it looks empty when the upper directory
+            // holds nothing but markers, so the upper's own rmdir answers without a listing
+            // (a directory holding markers only is rare, and goes the long way below).
+            ns.dir_moved();
+            let path = up.path(&rel);
+            let (dir, at) = path.at();
+            match nix::unistd::unlinkat(dir, at, UnlinkatFlags::RemoveDir) {
+                Ok(()) => {
+                    self.table.lock().remove_alias(ino, &rel);
+                    return Ok(());
+                }
+                Err(Errno::ENOTEMPTY | Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let empty = match early.flatten() {
             Some((generation, empty)) if generation == ns.started_at() => empty,
             _ => self.layers.list(&r.dir_view(rel.clone()))?.is_empty(),
@@ -367,7 +384,6 @@ impl UnionFs {
         if !empty {
             return Err(Errno::ENOTEMPTY);
         }
-        let positive = self.lower_positive(&pview, name, &r)?;
         self.upper_dir(pview.clone())?;
         ns.dir_moved();
         if positive {

@@ -11,7 +11,7 @@ use nix::sys::stat::Mode;
 use crate::common;
 use crate::harness::{
     assert_errno, assert_nix_errno, assert_no_markers, is_char_whiteout, lstat, names, read,
-    targets, Env, Node, Target,
+    targets, Env, Kind, Node, Target,
 };
 use Node::*;
 
@@ -289,6 +289,41 @@ fn unlink_upper_only_file_leaves_no_whiteout() {
         );
         assert_eq!(names(t, &e.p("")), ["d"], "{t}");
         assert_eq!(names(t, &e.p("d")), ["a"], "{t}");
+    }
+}
+
+/// A directory only the upper holds is removed by the upper's own rmdir; one that holds
+/// nothing but markers (an upper written by docker's aufs driver) looks empty and is removed
+/// too, and one with a real entry is not. Kernel overlayfs shows such markers as entries, so
+/// this runs on unionfs only.
+#[test]
+fn rmdir_upper_only_dir_holding_only_markers() {
+    if !common::can_mount("rmdir_upper_only_dir_holding_only_markers") {
+        return;
+    }
+    for t in targets().into_iter().filter(|t| t.kind == Kind::Unionfs) {
+        let mut e = Env::build(
+            t,
+            &[&[File("l", b"l")]],
+            &[Dir("marked"), File("full/f", b"f")],
+        );
+        std::fs::write(e.upper("marked/.wh.gone"), b"").expect("marker in the upper");
+        e.mount();
+        assert_eq!(names(t, &e.p("marked")), Vec::<String>::new(), "{t}");
+        assert_errno(
+            t,
+            "rmdir full",
+            std::fs::remove_dir(e.p("full")),
+            libc::ENOTEMPTY,
+        );
+        std::fs::remove_dir(e.p("marked")).unwrap_or_else(|err| panic!("{t}: rmdir: {err}"));
+        assert!(
+            std::fs::symlink_metadata(e.upper("marked")).is_err(),
+            "{t}: upper still has the removed directory"
+        );
+        assert_eq!(names(t, &e.p("")), ["full", "l"], "{t}");
+        e.remount();
+        assert_eq!(names(t, &e.p("")), ["full", "l"], "{t}: after remount");
     }
 }
 
