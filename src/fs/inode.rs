@@ -162,7 +162,12 @@ impl Table {
                 n.lookups += 1;
                 n.is_dir = node.is_dir;
                 n.parent = node.parent;
-                n.lower = node.lower;
+                // The lower object never changes. A lookup through a name the upper holds finds
+                // none (a hard link copied up through another name, say) and must not make the
+                // node forget it: its other names may still reach it only there.
+                if node.lower.is_some() {
+                    n.lower = node.lower;
+                }
                 n.lower_dirs = node.lower_dirs;
                 if n.path() != &*alias {
                     n.upper_absence.forget();

@@ -193,3 +193,37 @@ fn hardlinked_lower_file_unlink_before_copy_up() {
         assert_eq!(read(t, &e.p("a")), b"x", "{t}");
     }
 }
+
+/// A hard-linked lower file copied up through one name, that name looked up last and then
+/// removed: a file opened through the other name still has its attributes and can be changed
+/// (the node kept its lower object; it answered ENOENT to fstat and fchmod before).
+#[test]
+fn hardlink_open_through_other_name_after_copied_up_name_is_removed() {
+    use std::os::unix::fs::PermissionsExt;
+    if !common::can_mount("hardlink_open_through_other_name_after_copied_up_name_is_removed") {
+        return;
+    }
+    for t in targets() {
+        let e = Env::new(t, &[&[File("a", b"shared"), Link("b", "a")]], &[]);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(e.p("a"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"+"))
+            .expect("append through a");
+        lstat(t, &e.p("b"));
+        let f = std::fs::File::open(e.p("b")).expect("open b");
+        // The last lookup goes through the copied-up name.
+        assert_eq!(lstat(t, &e.p("a")).nlink(), 2, "{t}: nlink of a");
+        std::fs::remove_file(e.p("a")).expect("unlink a");
+        let m = f
+            .metadata()
+            .unwrap_or_else(|err| panic!("{t}: fstat b: {err}"));
+        assert_eq!((m.nlink(), m.len()), (1, 7), "{t}: fstat b");
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|err| panic!("{t}: fchmod b: {err}"));
+        let b = lstat(t, &e.p("b"));
+        assert_eq!((b.mode() & 0o7777, b.nlink()), (0o600, 1), "{t}: stat b");
+        assert_eq!(read(t, &e.p("b")), b"shared+", "{t}: data of b");
+        assert_eq!(names(t, &e.p("")), ["b"], "{t}");
+    }
+}
