@@ -406,6 +406,9 @@ impl UnionFs {
         let _ns = self.ns.read();
         let node = self.node(ino)?;
         if node.aliases.is_empty() {
+            if node.is_dir {
+                return self.table.lock().removed_dir(ino).ok_or(Errno::ENOENT);
+            }
             return self.handle_attr(&node, fh);
         }
         self.node_attr(&node)

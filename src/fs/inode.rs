@@ -136,6 +136,10 @@ impl Node {
 #[derive(Debug, Default)]
 pub struct Table {
     nodes: HashMap<u64, Arc<Node>>,
+    /// The last attributes of removed directories the kernel still holds (an open descriptor,
+    /// a process's working directory): `fstat` and `stat(".")` still answer for them, as on
+    /// any file system, but nothing is left to read them from.
+    removed_dirs: HashMap<u64, fuser::FileAttr>,
 }
 
 impl Table {
@@ -191,6 +195,7 @@ impl Table {
         if let Some(node) = self.nodes.get_mut(&ino) {
             if node.lookups <= n {
                 self.nodes.remove(&ino);
+                self.removed_dirs.remove(&ino);
             } else {
                 Arc::make_mut(node).lookups -= n;
             }
@@ -202,6 +207,20 @@ impl Table {
         if let Some(n) = self.nodes.get_mut(&ino) {
             Arc::make_mut(n).aliases.retain(|a| &**a != path);
         }
+    }
+
+    /// Forgets the path `path` of directory `ino`, just removed; `attr` is what it looked like,
+    /// kept for as long as the kernel holds the node by no other name.
+    pub fn remove_dir_alias(&mut self, ino: u64, path: &Path, attr: fuser::FileAttr) {
+        self.remove_alias(ino, path);
+        if self.nodes.get(&ino).is_some_and(|n| n.aliases.is_empty()) {
+            self.removed_dirs.insert(ino, attr);
+        }
+    }
+
+    /// The last attributes of removed directory `ino` (see [`Table::remove_dir_alias`]).
+    pub fn removed_dir(&self, ino: u64) -> Option<fuser::FileAttr> {
+        self.removed_dirs.get(&ino).copied()
     }
 
     /// Moves `from` to `to`: the alias itself on `ino`, and for a directory every path below it.

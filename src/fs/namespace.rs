@@ -360,6 +360,13 @@ impl UnionFs {
         };
         let up = self.upper()?;
         let rel = pview.path.join(name);
+        // What it looked like, for those still holding it once removed: a directory only the
+        // upper held is deleted (no links left); a merged one keeps reporting 1, and a lower
+        // one stays as it was, hidden (as on overlayfs).
+        let mut last = self.resolved_attr(&Self::node_at(ino, parent, &pview, name, &r), &r)?;
+        if r.upper.is_some() && r.lower_dirs.is_empty() {
+            last.nlink = 0;
+        }
         let positive = self.lower_positive(&pview, name, &r)?;
         if r.upper.is_some() && r.lower_dirs.is_empty() && !positive {
             // Nothing below it and nothing to hide: it looks empty when the upper directory
@@ -370,7 +377,7 @@ impl UnionFs {
             let (dir, at) = path.at();
             match nix::unistd::unlinkat(dir, at, UnlinkatFlags::RemoveDir) {
                 Ok(()) => {
-                    self.table.lock().remove_alias(ino, &rel);
+                    self.table.lock().remove_dir_alias(ino, &rel, last);
                     return Ok(());
                 }
                 Err(Errno::ENOTEMPTY | Errno::EEXIST) => {}
@@ -402,7 +409,7 @@ impl UnionFs {
                 Err(e) => return Err(e),
             }
         }
-        self.table.lock().remove_alias(ino, &rel);
+        self.table.lock().remove_dir_alias(ino, &rel, last);
         Ok(())
     }
 

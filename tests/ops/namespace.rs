@@ -327,6 +327,37 @@ fn rmdir_upper_only_dir_holding_only_markers() {
     }
 }
 
+/// A removed directory still held open (a descriptor, a working directory) answers fstat and
+/// stat("."): a directory only the upper held as deleted (no links), a merged one as before
+/// (it answered ENOENT, as nothing is left to read its attributes from).
+#[test]
+fn removed_directory_held_open_still_has_attributes() {
+    if !common::can_mount("removed_directory_held_open_still_has_attributes") {
+        return;
+    }
+    for t in targets() {
+        let e = Env::new(t, &[&[File("low/f", b"f")]], &[]);
+        std::fs::create_dir(e.p("new")).expect("mkdir");
+        let new = std::fs::File::open(e.p("new")).expect("open new");
+        let low = std::fs::File::open(e.p("low")).expect("open low");
+        std::fs::remove_dir(e.p("new")).expect("rmdir new");
+        std::fs::remove_file(e.p("low/f")).expect("unlink low/f");
+        std::fs::remove_dir(e.p("low")).expect("rmdir low");
+        for (what, f, nlink) in [("upper-only", &new, 0), ("merged", &low, 1)] {
+            let m = f
+                .metadata()
+                .unwrap_or_else(|err| panic!("{t}: fstat of removed {what} dir: {err}"));
+            assert!(m.is_dir(), "{t}: {what}: a directory");
+            assert_eq!(m.nlink(), nlink, "{t}: {what}: nlink");
+            let fd = std::os::fd::AsRawFd::as_raw_fd(f);
+            let dot = std::fs::metadata(format!("/proc/self/fd/{fd}/."))
+                .unwrap_or_else(|err| panic!("{t}: stat . of removed {what} dir: {err}"));
+            assert_eq!(dot.ino(), m.ino(), "{t}: {what}: same inode through .");
+        }
+        assert_eq!(names(t, &e.p("")), Vec::<String>::new(), "{t}");
+    }
+}
+
 #[test]
 fn rmdir_lower_dir_leaves_whiteout_in_upper() {
     if !common::can_mount("rmdir_lower_dir_leaves_whiteout_in_upper") {
