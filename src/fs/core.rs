@@ -419,7 +419,20 @@ impl UnionFs {
     pub(super) fn handle_attr(&self, node: &Node, fh: Option<u64>) -> Res<FileAttr> {
         let h = self.handles.file_of(node.ino, fh).ok_or(Errno::ENOENT)?;
         let st = nix::sys::stat::fstat(h.file()?.as_ref())?;
-        Ok(self.attr(node, &Backing::Lower(PathBuf::new().into()), &st))
+        let mut attr = self.attr(node, &Backing::Lower(PathBuf::new().into()), &st);
+        // An open indexed copy: its own link count holds the index entry and its upper names,
+        // while the names it has in the merged view are counted on the index entry (names
+        // left only in the lower layers included).
+        // This answers only for unlinked objects, so the index is looked at every time.
+        if let (false, Some(up)) = (node.is_dir, &self.upper) {
+            let idx = up.index_path(node.ino);
+            let same = layer_index::lstat(&idx)
+                .is_ok_and(|i| (i.st_dev, i.st_ino) == (st.st_dev, st.st_ino));
+            if let (true, Some(n)) = (same, up.indexed_nlink(&idx)) {
+                attr.nlink = n;
+            }
+        }
+        Ok(attr)
     }
 
     pub fn do_readlink(&self, ino: u64) -> Res<Vec<u8>> {

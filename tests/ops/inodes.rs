@@ -227,3 +227,43 @@ fn hardlink_open_through_other_name_after_copied_up_name_is_removed() {
         assert_eq!(names(t, &e.p("")), ["b"], "{t}");
     }
 }
+
+/// An open hard-linked file whose names are removed one by one reports the names left in the
+/// merged view, not the links its copy has in the upper (the index entry and upper names:
+/// it reported one too many).
+#[test]
+fn open_hardlink_reports_merged_names_left_after_unlinks() {
+    use std::os::unix::fs::PermissionsExt;
+    if !common::can_mount("open_hardlink_reports_merged_names_left_after_unlinks") {
+        return;
+    }
+    for t in targets() {
+        let mut e = Env::new(
+            t,
+            &[&[File("a", b"x"), Link("b", "a"), Link("c", "a")]],
+            &[],
+        );
+        // b is copied up (linked to the index); a and c stay lower names of it.
+        std::fs::set_permissions(e.p("b"), std::fs::Permissions::from_mode(0o640))
+            .expect("chmod b");
+        e.remount();
+        let f = std::fs::File::open(e.p("b")).expect("open b");
+        let nlink = |when: &str| {
+            f.metadata()
+                .unwrap_or_else(|err| panic!("{t}: fstat {when}: {err}"))
+                .nlink()
+        };
+        assert_eq!(nlink("at first"), 3, "{t}");
+        std::fs::remove_file(e.p("b")).expect("unlink b");
+        assert_eq!(nlink("after unlinking b"), 2, "{t}");
+        std::fs::remove_file(e.p("c")).expect("unlink c");
+        assert_eq!(nlink("after unlinking c"), 1, "{t}");
+        std::fs::remove_file(e.p("a")).expect("unlink a");
+        assert_eq!(nlink("after unlinking a"), 0, "{t}");
+        assert_eq!(
+            names(t, &e.p("")),
+            Vec::<String>::new(),
+            "{t}: no names left"
+        );
+    }
+}
