@@ -528,6 +528,27 @@ impl UnionFs {
 
     /// setattr on a file unlinked while open: through its (upper) handle.
     fn setattr_unlinked(&self, node: &super::inode::Node, a: SetAttr) -> Res<FileAttr> {
+        if node.is_dir {
+            if a.size.is_some() {
+                return Err(Errno::EISDIR);
+            }
+            let now = SystemTime::now();
+            let at = |t: TimeOrNow| match t {
+                TimeOrNow::Now => now,
+                TimeOrNow::SpecificTime(t) => t,
+            };
+            let changed = self.table.lock().change_removed_dir(node.ino, |attr| {
+                if let Some(mode) = a.mode {
+                    attr.perm = (mode & 0o7777) as u16;
+                }
+                attr.uid = a.uid.unwrap_or(attr.uid);
+                attr.gid = a.gid.unwrap_or(attr.gid);
+                attr.atime = a.atime.map_or(attr.atime, at);
+                attr.mtime = a.mtime.map_or(attr.mtime, at);
+                attr.ctime = now;
+            });
+            return changed.ok_or(Errno::ENOENT);
+        }
         let h = self.handles.file_of(node.ino, a.fh).ok_or(Errno::ENOENT)?;
         if *h.on_lower.read() {
             return Err(Errno::EROFS);

@@ -223,6 +223,18 @@ impl Table {
         self.removed_dirs.get(&ino).copied()
     }
 
+    /// Changes the attributes kept for removed directory `ino` (a chmod through a descriptor
+    /// of it: nothing is left on disk to change) and returns them.
+    pub fn change_removed_dir(
+        &mut self,
+        ino: u64,
+        change: impl FnOnce(&mut fuser::FileAttr),
+    ) -> Option<fuser::FileAttr> {
+        let attr = self.removed_dirs.get_mut(&ino)?;
+        change(attr);
+        Some(*attr)
+    }
+
     /// Moves `from` to `to`: the alias itself on `ino`, and for a directory every path below it.
     pub fn rename(&mut self, ino: u64, new_parent: u64, from: &Path, to: &Path) {
         let mut is_dir = true;

@@ -360,13 +360,7 @@ impl UnionFs {
         };
         let up = self.upper()?;
         let rel = pview.path.join(name);
-        // What it looked like, for those still holding it once removed: a directory only the
-        // upper held is deleted (no links left); a merged one keeps reporting 1, and a lower
-        // one stays as it was, hidden (as on overlayfs).
-        let mut last = self.resolved_attr(&Self::node_at(ino, parent, &pview, name, &r), &r)?;
-        if r.upper.is_some() && r.lower_dirs.is_empty() {
-            last.nlink = 0;
-        }
+        let last = self.removed_dir_attr(ino, parent, &pview, name, &r)?;
         let positive = self.lower_positive(&pview, name, &r)?;
         if r.upper.is_some() && r.lower_dirs.is_empty() && !positive {
             // Nothing below it and nothing to hide: it looks empty when the upper directory
@@ -590,6 +584,12 @@ impl UnionFs {
             rename(&old_up, &new_up, RenameFlags::empty())?;
         }
 
+        let replaced_dir = match (exchange, ino2) {
+            (false, Some(ino2)) if new_dir => {
+                Some((ino2, self.removed_dir_attr(ino2, p2, &v2, n2, &r2)?))
+            }
+            _ => None,
+        };
         let mut table = self.table.lock();
         if exchange {
             let ino2 = ino2.expect("exchange needs a target");
@@ -598,12 +598,32 @@ impl UnionFs {
             table.rename(ino2, p1, &new_rel, &old_rel);
             table.rename(ino1, p2, &tmp, &new_rel);
         } else {
-            if let Some(ino2) = ino2 {
-                table.remove_alias(ino2, &new_rel);
+            match (replaced_dir, ino2) {
+                (Some((ino2, last)), _) => table.remove_dir_alias(ino2, &new_rel, last),
+                (None, Some(ino2)) => table.remove_alias(ino2, &new_rel),
+                (None, None) => {}
             }
             table.rename(ino1, p2, &old_rel, &new_rel);
         }
         Ok(Renamed::Done)
+    }
+
+    /// What directory `name` in `view`, resolved as `r`, looks like once removed, for those
+    /// still holding it: one only the upper held is deleted (no links left); a merged one
+    /// keeps reporting 1, and a lower one stays as it was, hidden (as on overlayfs).
+    fn removed_dir_attr(
+        &self,
+        ino: u64,
+        parent: u64,
+        view: &DirView,
+        name: &OsStr,
+        r: &Resolved,
+    ) -> Res<FileAttr> {
+        let mut attr = self.resolved_attr(&Self::node_at(ino, parent, view, name, r), r)?;
+        if r.upper.is_some() && r.lower_dirs.is_empty() {
+            attr.nlink = 0;
+        }
+        Ok(attr)
     }
 
     /// Before a directory at `rel` (upper) moves to a parent whose view is `dest`: a directory

@@ -3,7 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 use nix::sys::stat::Mode;
@@ -354,7 +354,21 @@ fn removed_directory_held_open_still_has_attributes() {
                 .unwrap_or_else(|err| panic!("{t}: stat . of removed {what} dir: {err}"));
             assert_eq!(dot.ino(), m.ino(), "{t}: {what}: same inode through .");
         }
-        assert_eq!(names(t, &e.p("")), Vec::<String>::new(), "{t}");
+        // Changed through its descriptor: only what is kept of it changes.
+        new.set_permissions(std::fs::Permissions::from_mode(0o700))
+            .unwrap_or_else(|err| panic!("{t}: fchmod of removed dir: {err}"));
+        let m = new.metadata().expect("fstat after fchmod");
+        assert_eq!(m.mode() & 0o7777, 0o700, "{t}: mode after fchmod");
+        // Replaced by a rename: the same.
+        std::fs::create_dir(e.p("from")).expect("mkdir from");
+        std::fs::create_dir(e.p("to")).expect("mkdir to");
+        let to = std::fs::File::open(e.p("to")).expect("open to");
+        std::fs::rename(e.p("from"), e.p("to")).expect("rename over to");
+        let m = to
+            .metadata()
+            .unwrap_or_else(|err| panic!("{t}: fstat of renamed-over dir: {err}"));
+        assert!(m.is_dir() && m.nlink() == 0, "{t}: renamed-over dir");
+        assert_eq!(names(t, &e.p("")), ["to"], "{t}");
     }
 }
 
