@@ -581,8 +581,12 @@ impl UnionFs {
             return Err(Errno::ENODATA);
         }
         let _ns = self.ns.read();
-        let (b, _) = self.locate(&*self.node(ino)?)?;
-        match xattr::get(b.path(), name)? {
+        let node = self.node(ino)?;
+        let value = match self.unlinked_file(&node, false) {
+            Some(f) => xattr::open::get(f?.as_fd(), name)?,
+            None => xattr::get(self.locate(&node)?.0.path(), name)?,
+        };
+        match value {
             Some(v) => Ok(v),
             None if name == SELINUX_LABEL => Err(Errno::EOPNOTSUPP),
             None => Err(Errno::ENODATA),
@@ -592,9 +596,13 @@ impl UnionFs {
     pub fn do_listxattr(&self, ino: u64) -> Res<Vec<u8>> {
         use std::os::unix::ffi::OsStrExt;
         let _ns = self.ns.read();
-        let (b, _) = self.locate(&*self.node(ino)?)?;
+        let node = self.node(ino)?;
+        let names = match self.unlinked_file(&node, false) {
+            Some(f) => xattr::open::list(f?.as_fd())?,
+            None => xattr::list(self.locate(&node)?.0.path())?,
+        };
         let mut out = Vec::new();
-        for n in xattr::list(b.path())? {
+        for n in names {
             if !whiteout::is_private_xattr(&n) {
                 out.extend_from_slice(n.as_bytes());
                 out.push(0);
@@ -609,8 +617,27 @@ impl UnionFs {
         }
         let _ns = self.ns_write_for_copy_up(ino)?;
         let node = self.node(ino)?;
+        if let Some(f) = self.unlinked_file(&node, true) {
+            return xattr::open::set(f?.as_fd(), name, value, flags);
+        }
         let b = self.xattr_target(&node)?;
         xattr::set(b.path(), name, value, flags)
+    }
+
+    /// The open file of `node` when no name is left of it (unlinked while open), for the
+    /// xattr calls to work on, as they do on any unlinked open file; with `change`, only one
+    /// the daemon may change (not a lower file: there is no name left to copy it up to).
+    fn unlinked_file(&self, node: &super::inode::Node, change: bool) -> Option<Res<Arc<File>>> {
+        if node.is_dir || !node.aliases.is_empty() {
+            return None;
+        }
+        let Some(h) = self.handles.file_of(node.ino, None) else {
+            return Some(Err(Errno::ENOENT));
+        };
+        if change && *h.on_lower.read() {
+            return Some(Err(Errno::EROFS));
+        }
+        Some(h.file())
     }
 
     /// An inode-attribute ioctl (lsattr, chattr) on `ino`, run on the object behind it: a get
@@ -650,8 +677,11 @@ impl UnionFs {
         // Only removing an xattr that is there copies the object up.
         let present = {
             let _ns = self.ns.read();
-            let (b, _) = self.locate(&*self.node(ino)?)?;
-            xattr::get(b.path(), name)?.is_some()
+            let node = self.node(ino)?;
+            if let Some(f) = self.unlinked_file(&node, true) {
+                return xattr::open::remove(f?.as_fd(), name);
+            }
+            xattr::get(self.locate(&node)?.0.path(), name)?.is_some()
         };
         let _ns = if present {
             self.ns_write_for_copy_up(ino)?

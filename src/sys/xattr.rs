@@ -9,7 +9,8 @@
 //! directory (opaque, redirect) and on every `getxattr` request (`ls -l` asks one per file); its
 //! layer names are `/proc/self/fd/N/...`, which costs the kernel a walk through procfs per
 //! call (6.5 µs against 1 µs from the descriptor, measured here). Writes are rare and take the
-//! whole name.
+//! whole name. An object with no name left (unlinked while open) is reached through its open
+//! file ([`open`]).
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -221,5 +222,77 @@ pub fn list<T: Target + ?Sized>(t: &T) -> nix::Result<Vec<OsString>> {
             .filter(|s| !s.is_empty())
             .map(|s| OsString::from_vec(s.to_vec()))
             .collect());
+    }
+}
+
+/// The calls on an open file, for an object that has no name left (unlinked while open).
+pub mod open {
+    use super::*;
+
+    /// Reads attribute `name` of open file `f`; `Ok(None)` when it is not set.
+    pub fn get(f: BorrowedFd<'_>, name: &OsStr) -> nix::Result<Option<Vec<u8>>> {
+        let n = cstr(name.as_bytes())?;
+        let mut buf = vec![0u8; 256];
+        loop {
+            // SAFETY: `n` is NUL-terminated; the kernel writes at most `buf.len()` bytes.
+            let r = unsafe {
+                libc::fgetxattr(
+                    f.as_raw_fd(),
+                    n.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            match Errno::result(r) {
+                Ok(len) => return Ok(Some(buf[..len as usize].to_vec())),
+                Err(Errno::ENODATA) => return Ok(None),
+                Err(Errno::ERANGE) => buf.resize(buf.len() * 4, 0),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sets attribute `name` of open file `f` (see [`super::set`]).
+    pub fn set(f: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> nix::Result<()> {
+        let n = cstr(name.as_bytes())?;
+        // SAFETY: `n` is NUL-terminated and `value` is valid for `value.len()` bytes.
+        let r = unsafe {
+            libc::fsetxattr(
+                f.as_raw_fd(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            )
+        };
+        Errno::result(r).map(drop)
+    }
+
+    /// Removes attribute `name` of open file `f`.
+    pub fn remove(f: BorrowedFd<'_>, name: &OsStr) -> nix::Result<()> {
+        let n = cstr(name.as_bytes())?;
+        // SAFETY: `n` is NUL-terminated.
+        Errno::result(unsafe { libc::fremovexattr(f.as_raw_fd(), n.as_ptr()) }).map(drop)
+    }
+
+    /// Lists the attribute names of open file `f`.
+    pub fn list(f: BorrowedFd<'_>) -> nix::Result<Vec<OsString>> {
+        let mut buf = vec![0u8; 256];
+        loop {
+            // SAFETY: the kernel writes at most `buf.len()` bytes.
+            let r = unsafe { libc::flistxattr(f.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            match Errno::result(r) {
+                Ok(len) => {
+                    return Ok(buf[..len as usize]
+                        .split(|b| *b == 0)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| OsString::from_vec(s.to_vec()))
+                        .collect())
+                }
+                Err(Errno::ERANGE) => buf.resize(buf.len() * 4, 0),
+                Err(Errno::ENOTSUP) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            }
+        }
     }
 }

@@ -472,3 +472,47 @@ fn inode_flags_read_from_lower_and_set_after_copy_up() {
         );
     }
 }
+
+/// The xattrs of a file unlinked while open are read and changed through its descriptor, as
+/// on any file system (they answered ENOENT: no name was left to find the file by).
+#[test]
+fn xattrs_of_a_file_unlinked_while_open() {
+    use xattr::FileExt;
+    if !common::can_mount("xattrs_of_a_file_unlinked_while_open") {
+        return;
+    }
+    for t in targets() {
+        let e = Env::new(t, &[&[File("low", b"l")]], &[]);
+        std::fs::write(e.p("new"), b"n").expect("create");
+        // A new file, and a lower one copied up by its open for writing.
+        for name in ["new", "low"] {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(e.p(name))
+                .expect("open");
+            f.set_xattr("user.test.k", b"v1")
+                .expect("set before unlink");
+            std::fs::remove_file(e.p(name)).expect("unlink");
+            let get = |k: &str| {
+                f.get_xattr(k)
+                    .unwrap_or_else(|err| panic!("{t}: {name}: get {k} after unlink: {err}"))
+            };
+            assert_eq!(get("user.test.k"), Some(b"v1".to_vec()), "{t}: {name}");
+            f.set_xattr("user.test.k2", b"v2")
+                .unwrap_or_else(|err| panic!("{t}: {name}: set after unlink: {err}"));
+            let mut listed: Vec<String> = f
+                .list_xattr()
+                .unwrap_or_else(|err| panic!("{t}: {name}: list after unlink: {err}"))
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("user.test."))
+                .collect();
+            listed.sort();
+            assert_eq!(listed, ["user.test.k", "user.test.k2"], "{t}: {name}");
+            f.remove_xattr("user.test.k")
+                .unwrap_or_else(|err| panic!("{t}: {name}: remove after unlink: {err}"));
+            assert_eq!(get("user.test.k"), None, "{t}: {name}: removed");
+        }
+        assert_eq!(names(t, &e.p("")), Vec::<String>::new(), "{t}");
+    }
+}
