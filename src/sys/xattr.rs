@@ -217,12 +217,16 @@ pub fn list<T: Target + ?Sized>(t: &T) -> nix::Result<Vec<OsString>> {
             Err(Errno::ENOTSUP) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        return Ok(buf[..len]
-            .split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| OsString::from_vec(s.to_vec()))
-            .collect());
+        return Ok(split_names(&buf[..len]));
     }
+}
+
+/// The names of a list the kernel filled: each ends with a NUL.
+fn split_names(list: &[u8]) -> Vec<OsString> {
+    list.split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| OsString::from_vec(s.to_vec()))
+        .collect()
 }
 
 /// The calls on an open file, for an object that has no name left (unlinked while open).
@@ -282,13 +286,7 @@ pub mod open {
             // SAFETY: the kernel writes at most `buf.len()` bytes.
             let r = unsafe { libc::flistxattr(f.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             match Errno::result(r) {
-                Ok(len) => {
-                    return Ok(buf[..len as usize]
-                        .split(|b| *b == 0)
-                        .filter(|s| !s.is_empty())
-                        .map(|s| OsString::from_vec(s.to_vec()))
-                        .collect())
-                }
+                Ok(len) => return Ok(split_names(&buf[..len as usize])),
                 Err(Errno::ERANGE) => buf.resize(buf.len() * 4, 0),
                 Err(Errno::ENOTSUP) => return Ok(Vec::new()),
                 Err(e) => return Err(e),
