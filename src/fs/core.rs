@@ -422,8 +422,8 @@ impl UnionFs {
         let mut attr = self.attr(node, &Backing::Lower(PathBuf::new().into()), &st);
         // An open indexed copy: its own link count holds the index entry and its upper names,
         // while the names it has in the merged view are counted on the index entry (names
-        // left only in the lower layers included).
-        // This answers only for unlinked objects, so the index is looked at every time.
+        // left only in the lower layers included). Only unlinked objects come here, so the
+        // index is looked at each time rather than only for nodes known to be linked.
         if let (false, Some(up)) = (node.is_dir, &self.upper) {
             let idx = up.index_path(node.ino);
             let same = layer_index::lstat(&idx)

@@ -526,7 +526,8 @@ impl UnionFs {
         self.node_attr(&node)
     }
 
-    /// setattr on a file unlinked while open: through its (upper) handle.
+    /// setattr on an object the kernel holds by no name: a file through its (upper) handle, a
+    /// removed directory on the attributes kept for it.
     fn setattr_unlinked(&self, node: &super::inode::Node, a: SetAttr) -> Res<FileAttr> {
         if node.is_dir {
             if a.size.is_some() {
