@@ -159,10 +159,15 @@ fn raw_list<T: Target + ?Sized>(t: &T, buf: &mut [u8]) -> nix::Result<usize> {
 /// Reads attribute `name` of `t`; `Ok(None)` when it is not set.
 pub fn get<T: Target + ?Sized>(t: &T, name: &OsStr) -> nix::Result<Option<Vec<u8>>> {
     let n = cstr(name.as_bytes())?;
-    // First on the stack, large enough for the values the daemon reads itself (markers,
-    // origins, capabilities): the usual answer on the request path, "not set", allocates
-    // nothing.
-    let mut small = [0u8; 64];
+    value_of(fill(|buf| raw_get(t, &n, buf)))
+}
+
+/// Runs `call`, which fills the buffer it is given and returns the length it used, again with
+/// a larger buffer each time the kernel answers ERANGE. The first buffer is on the stack and
+/// holds what the daemon reads itself (markers, origins, capabilities) and most lists: the
+/// usual answer on the request path, "not set", allocates nothing.
+fn fill(mut call: impl FnMut(&mut [u8]) -> nix::Result<usize>) -> nix::Result<Vec<u8>> {
+    let mut small = [0u8; 256];
     let mut large = Vec::new();
     loop {
         let buf: &mut [u8] = if large.is_empty() {
@@ -170,12 +175,20 @@ pub fn get<T: Target + ?Sized>(t: &T, name: &OsStr) -> nix::Result<Option<Vec<u8
         } else {
             &mut large
         };
-        match raw_get(t, &n, buf) {
-            Ok(len) => return Ok(Some(buf[..len].to_vec())),
-            Err(Errno::ENODATA) => return Ok(None),
+        match call(buf) {
+            Ok(len) => return Ok(buf[..len].to_vec()),
             Err(Errno::ERANGE) => large.resize(large.len().max(small.len()) * 4, 0),
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// An attribute's value as read by [`fill`]: `None` when it is not set.
+fn value_of(read: nix::Result<Vec<u8>>) -> nix::Result<Option<Vec<u8>>> {
+    match read {
+        Ok(v) => Ok(Some(v)),
+        Err(Errno::ENODATA) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -206,27 +219,21 @@ pub fn remove(path: &Path, name: &OsStr) -> nix::Result<()> {
 
 /// Lists the attribute names of `t`.
 pub fn list<T: Target + ?Sized>(t: &T) -> nix::Result<Vec<OsString>> {
-    let mut buf = vec![0u8; 256];
-    loop {
-        let len = match raw_list(t, &mut buf) {
-            Ok(len) => len,
-            Err(Errno::ERANGE) => {
-                buf.resize(buf.len() * 4, 0);
-                continue;
-            }
-            Err(Errno::ENOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        return Ok(split_names(&buf[..len]));
-    }
+    names_of(fill(|buf| raw_list(t, buf)))
 }
 
-/// The names of a list the kernel filled: each ends with a NUL.
-fn split_names(list: &[u8]) -> Vec<OsString> {
-    list.split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| OsString::from_vec(s.to_vec()))
-        .collect()
+/// The names of a list read by [`fill`] (each ends with a NUL); none where the file system
+/// has no xattrs.
+fn names_of(read: nix::Result<Vec<u8>>) -> nix::Result<Vec<OsString>> {
+    match read {
+        Ok(list) => Ok(list
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| OsString::from_vec(s.to_vec()))
+            .collect()),
+        Err(Errno::ENOTSUP) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The calls on an open file, for an object that has no name left (unlinked while open).
@@ -236,8 +243,7 @@ pub mod open {
     /// Reads attribute `name` of open file `f`; `Ok(None)` when it is not set.
     pub fn get(f: BorrowedFd<'_>, name: &OsStr) -> nix::Result<Option<Vec<u8>>> {
         let n = cstr(name.as_bytes())?;
-        let mut buf = vec![0u8; 256];
-        loop {
+        value_of(fill(|buf| {
             // SAFETY: `n` is NUL-terminated; the kernel writes at most `buf.len()` bytes.
             let r = unsafe {
                 libc::fgetxattr(
@@ -247,13 +253,8 @@ pub mod open {
                     buf.len(),
                 )
             };
-            match Errno::result(r) {
-                Ok(len) => return Ok(Some(buf[..len as usize].to_vec())),
-                Err(Errno::ENODATA) => return Ok(None),
-                Err(Errno::ERANGE) => buf.resize(buf.len() * 4, 0),
-                Err(e) => return Err(e),
-            }
-        }
+            Errno::result(r).map(|len| len as usize)
+        }))
     }
 
     /// Sets attribute `name` of open file `f` (see [`super::set`]).
@@ -281,16 +282,10 @@ pub mod open {
 
     /// Lists the attribute names of open file `f`.
     pub fn list(f: BorrowedFd<'_>) -> nix::Result<Vec<OsString>> {
-        let mut buf = vec![0u8; 256];
-        loop {
+        names_of(fill(|buf| {
             // SAFETY: the kernel writes at most `buf.len()` bytes.
             let r = unsafe { libc::flistxattr(f.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            match Errno::result(r) {
-                Ok(len) => return Ok(split_names(&buf[..len as usize])),
-                Err(Errno::ERANGE) => buf.resize(buf.len() * 4, 0),
-                Err(Errno::ENOTSUP) => return Ok(Vec::new()),
-                Err(e) => return Err(e),
-            }
-        }
+            Errno::result(r).map(|len| len as usize)
+        }))
     }
 }
