@@ -407,7 +407,12 @@ impl UnionFs {
         let node = self.node(ino)?;
         if node.aliases.is_empty() {
             if node.is_dir {
-                return self.table.lock().removed_dir(ino).ok_or(Errno::ENOENT);
+                return self
+                    .table
+                    .lock()
+                    .removed_dir(ino)
+                    .map(|d| d.attr)
+                    .ok_or(Errno::ENOENT);
             }
             return self.handle_attr(&node, fh);
         }

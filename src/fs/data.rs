@@ -17,7 +17,8 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
 use super::core::{errno_of, Res, UnionFs};
-use super::handle::Descriptor;
+use super::handle::{Descriptor, FileHandle};
+use super::inode::RemovedDir;
 use super::namespace::{Caller, NewObject};
 use crate::layer_index::LayerPath;
 use crate::sys::fileattr::{self, FileAttrOp};
@@ -95,6 +96,31 @@ fn kill_setid_of(f: &File) -> Res<()> {
     let st = nix::sys::stat::fstat(f.as_fd())?;
     if let Some(mode) = without_setid(st.st_mode) {
         nix::sys::stat::fchmod(f.as_fd(), Mode::from_bits_truncate(mode))?;
+    }
+    Ok(())
+}
+
+/// Makes the changes of `a` on the (upper) file `h` holds open.
+fn change_through(h: &FileHandle, a: &SetAttr) -> Res<()> {
+    let f = h.file()?;
+    if a.uid.is_some() || a.gid.is_some() {
+        nix::unistd::fchown(
+            f.as_fd(),
+            a.uid.map(Uid::from_raw),
+            a.gid.map(Gid::from_raw),
+        )?;
+    }
+    if let Some(mode) = a.mode {
+        nix::sys::stat::fchmod(f.as_fd(), Mode::from_bits_truncate(mode & 0o7777))?;
+    }
+    if let Some(size) = a.size {
+        f.set_len(size).map_err(errno_of)?;
+    }
+    if a.kill_setid {
+        kill_setid_of(&f)?;
+    }
+    if a.atime.is_some() || a.mtime.is_some() {
+        nix::sys::stat::futimens(f.as_fd(), &timespec(a.atime), &timespec(a.mtime))?;
     }
     Ok(())
 }
@@ -472,6 +498,14 @@ impl UnionFs {
         if node.aliases.is_empty() {
             return self.setattr_unlinked(&node, a);
         }
+        // A change sent with a descriptor (ftruncate) is made on the descriptor's file when
+        // that is in the upper: the name it was opened by may not be the node's last alias,
+        // and kernel overlayfs copies no other name up for it.
+        let through = a.fh.and_then(|fh| self.handles.file(fh));
+        if let Some(h) = through.filter(|h| h.ino == ino && !*h.on_lower.read()) {
+            change_through(&h, &a)?;
+            return self.node_attr(&node);
+        }
         self.copy_up(&node, a.size == Some(0))?;
         let (b, st) = self.backing(&node)?;
         let path = b.path();
@@ -498,10 +532,7 @@ impl UnionFs {
             )?;
         }
         if let Some(size) = a.size {
-            match a.fh.and_then(|fh| self.handles.file(fh)) {
-                Some(h) if !*h.on_lower.read() => h.file()?.set_len(size).map_err(errno_of)?,
-                _ => nix::unistd::truncate(&**path, size as i64)?,
-            }
+            nix::unistd::truncate(&**path, size as i64)?;
         }
         if a.kill_setid {
             let now = nix::sys::stat::fstatat(dir, rel, AtFlags::AT_SYMLINK_NOFOLLOW)?;
@@ -538,42 +569,25 @@ impl UnionFs {
                 TimeOrNow::Now => now,
                 TimeOrNow::SpecificTime(t) => t,
             };
-            let changed = self.table.lock().change_removed_dir(node.ino, |attr| {
-                if let Some(mode) = a.mode {
-                    attr.perm = (mode & 0o7777) as u16;
-                }
-                attr.uid = a.uid.unwrap_or(attr.uid);
-                attr.gid = a.gid.unwrap_or(attr.gid);
-                attr.atime = a.atime.map_or(attr.atime, at);
-                attr.mtime = a.mtime.map_or(attr.mtime, at);
-                attr.ctime = now;
+            let changed = self.on_removed_dir(node, |d| {
+                d.change_attr(|attr| {
+                    if let Some(mode) = a.mode {
+                        attr.perm = (mode & 0o7777) as u16;
+                    }
+                    attr.uid = a.uid.unwrap_or(attr.uid);
+                    attr.gid = a.gid.unwrap_or(attr.gid);
+                    attr.atime = a.atime.map_or(attr.atime, at);
+                    attr.mtime = a.mtime.map_or(attr.mtime, at);
+                    attr.ctime = now;
+                })
             });
-            return changed.ok_or(Errno::ENOENT);
+            return changed.unwrap_or(Err(Errno::ENOENT));
         }
         let h = self.handles.file_of(node.ino, a.fh).ok_or(Errno::ENOENT)?;
         if *h.on_lower.read() {
             return Err(Errno::EROFS);
         }
-        let f = h.file()?;
-        if a.uid.is_some() || a.gid.is_some() {
-            nix::unistd::fchown(
-                f.as_fd(),
-                a.uid.map(Uid::from_raw),
-                a.gid.map(Gid::from_raw),
-            )?;
-        }
-        if let Some(mode) = a.mode {
-            nix::sys::stat::fchmod(f.as_fd(), Mode::from_bits_truncate(mode & 0o7777))?;
-        }
-        if let Some(size) = a.size {
-            f.set_len(size).map_err(errno_of)?;
-        }
-        if a.kill_setid {
-            kill_setid_of(&f)?;
-        }
-        if a.atime.is_some() || a.mtime.is_some() {
-            nix::sys::stat::futimens(f.as_fd(), &timespec(a.atime), &timespec(a.mtime))?;
-        }
+        change_through(&h, &a)?;
         self.handle_attr(node, a.fh)
     }
 
@@ -583,9 +597,12 @@ impl UnionFs {
         }
         let _ns = self.ns.read();
         let node = self.node(ino)?;
-        let value = match self.unlinked_file(&node, false) {
-            Some(f) => xattr::open::get(f?.as_fd(), name)?,
-            None => xattr::get(self.locate(&node)?.0.path(), name)?,
+        let value = if let Some(kept) = self.on_removed_dir(&node, |d| Ok(d.xattr(name))) {
+            kept?
+        } else if let Some(f) = self.unlinked_file(&node, false) {
+            xattr::open::get(f?.as_fd(), name)?
+        } else {
+            xattr::get(self.locate(&node)?.0.path(), name)?
         };
         match value {
             Some(v) => Ok(v),
@@ -598,9 +615,13 @@ impl UnionFs {
         use std::os::unix::ffi::OsStrExt;
         let _ns = self.ns.read();
         let node = self.node(ino)?;
-        let names = match self.unlinked_file(&node, false) {
-            Some(f) => xattr::open::list(f?.as_fd())?,
-            None => xattr::list(self.locate(&node)?.0.path())?,
+        let kept = |d: &mut RemovedDir| Ok(d.xattrs.iter().map(|(n, _)| n.clone()).collect());
+        let names = if let Some(names) = self.on_removed_dir(&node, kept) {
+            names?
+        } else if let Some(f) = self.unlinked_file(&node, false) {
+            xattr::open::list(f?.as_fd())?
+        } else {
+            xattr::list(self.locate(&node)?.0.path())?
         };
         let mut out = Vec::new();
         for n in names {
@@ -618,11 +639,28 @@ impl UnionFs {
         }
         let _ns = self.ns_write_for_copy_up(ino)?;
         let node = self.node(ino)?;
+        if let Some(r) = self.on_removed_dir(&node, |d| d.set_xattr(name, value, flags)) {
+            return r;
+        }
         if let Some(f) = self.unlinked_file(&node, true) {
             return xattr::open::set(f?.as_fd(), name, value, flags);
         }
         let b = self.xattr_target(&node)?;
         xattr::set(b.path(), name, value, flags)
+    }
+
+    /// Runs `f` on what is kept of `node` when it is a removed directory (see [`RemovedDir`]);
+    /// `None` for any other node.
+    fn on_removed_dir<R>(
+        &self,
+        node: &super::inode::Node,
+        f: impl FnOnce(&mut RemovedDir) -> Res<R>,
+    ) -> Option<Res<R>> {
+        if !node.is_dir || !node.aliases.is_empty() {
+            return None;
+        }
+        let mut table = self.table.lock();
+        Some(table.removed_dir(node.ino).ok_or(Errno::ENOENT).and_then(f))
     }
 
     /// The open file of `node` when no name is left of it (unlinked while open), for the
@@ -679,6 +717,9 @@ impl UnionFs {
         let present = {
             let _ns = self.ns.read();
             let node = self.node(ino)?;
+            if let Some(r) = self.on_removed_dir(&node, |d| d.remove_xattr(name)) {
+                return r;
+            }
             if let Some(f) = self.unlinked_file(&node, true) {
                 return xattr::open::remove(f?.as_fd(), name);
             }

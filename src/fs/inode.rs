@@ -7,11 +7,13 @@
 //! A node lives while the kernel holds lookups on it; FORGET releases it.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use nix::errno::Errno;
 
 use crate::layer_index::{DirView, LowerDirs, LowerObj};
 
@@ -136,10 +138,74 @@ impl Node {
 #[derive(Debug, Default)]
 pub struct Table {
     nodes: HashMap<u64, Arc<Node>>,
-    /// The last attributes of removed directories the kernel still holds (an open descriptor,
-    /// a process's working directory): `fstat` and `stat(".")` still answer for them, as on
-    /// any file system, but nothing is left to read them from.
-    removed_dirs: HashMap<u64, fuser::FileAttr>,
+    /// What is kept of removed directories the kernel still holds.
+    removed_dirs: HashMap<u64, RemovedDir>,
+}
+
+/// What is kept of a removed directory the kernel still holds (an open descriptor, a process's
+/// working directory): `fstat`, `stat(".")` and the xattr calls still answer for it, as on any
+/// file system, but nothing is left on disk to read them from.
+#[derive(Debug, Clone)]
+pub struct RemovedDir {
+    pub attr: fuser::FileAttr,
+    /// Its xattrs when it was removed (the private ones of overlayfs and unionfs left out).
+    pub xattrs: Vec<(OsString, Vec<u8>)>,
+    /// Whether it was in the upper. Changes to one that was are made on what is kept here, as
+    /// overlayfs makes them on the removed directory's upper inode; one only the lower layers
+    /// held cannot change: no name is left to copy it up to (overlayfs fails them as well).
+    pub in_upper: bool,
+}
+
+impl RemovedDir {
+    fn writable(&self) -> Result<(), Errno> {
+        if self.in_upper {
+            Ok(())
+        } else {
+            Err(Errno::EROFS)
+        }
+    }
+
+    /// Changes the attributes (a chmod, chown or utimes through a descriptor of it).
+    pub fn change_attr(
+        &mut self,
+        change: impl FnOnce(&mut fuser::FileAttr),
+    ) -> Result<fuser::FileAttr, Errno> {
+        self.writable()?;
+        change(&mut self.attr);
+        Ok(self.attr)
+    }
+
+    pub fn xattr(&self, name: &OsStr) -> Option<Vec<u8>> {
+        let found = self.xattrs.iter().find(|(n, _)| n == name);
+        found.map(|(_, v)| v.clone())
+    }
+
+    /// Sets xattr `name`, with setxattr(2)'s `XATTR_CREATE` and `XATTR_REPLACE` flags.
+    pub fn set_xattr(&mut self, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+        self.writable()?;
+        match self.xattrs.iter_mut().find(|(n, _)| n == name) {
+            Some(_) if flags & libc::XATTR_CREATE != 0 => Err(Errno::EEXIST),
+            Some((_, v)) => {
+                *v = value.to_vec();
+                Ok(())
+            }
+            None if flags & libc::XATTR_REPLACE != 0 => Err(Errno::ENODATA),
+            None => {
+                self.xattrs.push((name.to_owned(), value.to_vec()));
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes xattr `name` (only one that is there needs a change).
+    pub fn remove_xattr(&mut self, name: &OsStr) -> Result<(), Errno> {
+        if self.xattr(name).is_none() {
+            return Err(Errno::ENODATA);
+        }
+        self.writable()?;
+        self.xattrs.retain(|(n, _)| n != name);
+        Ok(())
+    }
 }
 
 impl Table {
@@ -209,30 +275,18 @@ impl Table {
         }
     }
 
-    /// Forgets the path `path` of directory `ino`, just removed; `attr` is what it looked like,
+    /// Forgets the path `path` of directory `ino`, just removed; `removed` is what it was,
     /// kept for as long as the kernel holds the node by no other name.
-    pub fn remove_dir_alias(&mut self, ino: u64, path: &Path, attr: fuser::FileAttr) {
+    pub fn remove_dir_alias(&mut self, ino: u64, path: &Path, removed: RemovedDir) {
         self.remove_alias(ino, path);
         if self.nodes.get(&ino).is_some_and(|n| n.aliases.is_empty()) {
-            self.removed_dirs.insert(ino, attr);
+            self.removed_dirs.insert(ino, removed);
         }
     }
 
-    /// The last attributes of removed directory `ino` (see [`Table::remove_dir_alias`]).
-    pub fn removed_dir(&self, ino: u64) -> Option<fuser::FileAttr> {
-        self.removed_dirs.get(&ino).copied()
-    }
-
-    /// Changes the attributes kept for removed directory `ino` (a chmod through a descriptor
-    /// of it: nothing is left on disk to change) and returns them.
-    pub fn change_removed_dir(
-        &mut self,
-        ino: u64,
-        change: impl FnOnce(&mut fuser::FileAttr),
-    ) -> Option<fuser::FileAttr> {
-        let attr = self.removed_dirs.get_mut(&ino)?;
-        change(attr);
-        Some(*attr)
+    /// What is kept of removed directory `ino` (see [`Table::remove_dir_alias`]).
+    pub fn removed_dir(&mut self, ino: u64) -> Option<&mut RemovedDir> {
+        self.removed_dirs.get_mut(&ino)
     }
 
     /// Moves `from` to `to`: the alias itself on `ino`, and for a directory every path below it.

@@ -21,7 +21,9 @@ use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag};
 use nix::unistd::{Gid, Uid, UnlinkatFlags};
 
 use super::core::{errno_of, Res, UnionFs};
+use super::inode::RemovedDir;
 use crate::layer_index::{self, DirView, LayerPath, LowerDirs, Resolved};
+use crate::sys::xattr;
 use crate::whiteout;
 
 /// Inode numbers handed out by [`UnionFs::keep_ino_unique`]: a tag no layer's device index
@@ -360,7 +362,7 @@ impl UnionFs {
         };
         let up = self.upper()?;
         let rel = pview.path.join(name);
-        let last = self.removed_dir_attr(ino, parent, &pview, name, &r)?;
+        let last = self.removed_dir(ino, parent, &pview, name, &r)?;
         let positive = self.lower_positive(&pview, name, &r)?;
         if r.upper.is_some() && r.lower_dirs.is_empty() && !positive {
             // Nothing below it and nothing to hide: it looks empty when the upper directory
@@ -552,6 +554,13 @@ impl UnionFs {
             self.copy_up(&Self::node_at(ino2, p2, &v2, n2, &r2), false)?;
         }
         let (old_up, new_up) = (up.path(&old_rel), up.path(&new_rel));
+        // Read before the directory is replaced (its xattrs go with it).
+        let replaced_dir = match (exchange, ino2) {
+            (false, Some(ino2)) if new_dir => {
+                Some((ino2, self.removed_dir(ino2, p2, &v2, n2, &r2)?))
+            }
+            _ => None,
+        };
         if !exchange && new_dir && r2.upper.is_some() && has_entries(&new_up)? {
             up.clear_dir(&new_rel).map_err(|e| e.errno())?;
         }
@@ -584,12 +593,6 @@ impl UnionFs {
             rename(&old_up, &new_up, RenameFlags::empty())?;
         }
 
-        let replaced_dir = match (exchange, ino2) {
-            (false, Some(ino2)) if new_dir => {
-                Some((ino2, self.removed_dir_attr(ino2, p2, &v2, n2, &r2)?))
-            }
-            _ => None,
-        };
         let mut table = self.table.lock();
         if exchange {
             let ino2 = ino2.expect("exchange needs a target");
@@ -608,22 +611,42 @@ impl UnionFs {
         Ok(Renamed::Done)
     }
 
-    /// What directory `name` in `view`, resolved as `r`, looks like once removed, for those
-    /// still holding it: one only the upper held is deleted (no links left); a merged one
-    /// keeps reporting 1, and a lower one stays as it was, hidden (as on overlayfs).
-    fn removed_dir_attr(
+    /// What is kept of directory `name` in `view`, resolved as `r`, once removed, for those
+    /// still holding it. One only the upper held is deleted (no links left); a merged one
+    /// keeps reporting 1, and a lower one stays as it was, hidden (as on overlayfs). Its
+    /// xattrs are read from where it is now: its upper directory, else its top lower one.
+    fn removed_dir(
         &self,
         ino: u64,
         parent: u64,
         view: &DirView,
         name: &OsStr,
         r: &Resolved,
-    ) -> Res<FileAttr> {
+    ) -> Res<RemovedDir> {
         let mut attr = self.resolved_attr(&Self::node_at(ino, parent, view, name, r), r)?;
         if r.upper.is_some() && r.lower_dirs.is_empty() {
             attr.nlink = 0;
         }
-        Ok(attr)
+        let rel = view.path.join(name);
+        let at = match (&r.upper, &r.lower, &self.upper) {
+            (Some(_), _, Some(up)) => up.path(&rel),
+            (None, Some(l), _) => self.layers.lowers[l.layer].join(&l.path),
+            _ => return Err(Errno::ENOENT),
+        };
+        let mut xattrs = Vec::new();
+        for n in xattr::list(&at)? {
+            if whiteout::is_private_xattr(&n) {
+                continue;
+            }
+            if let Some(v) = xattr::get(&at, &n)? {
+                xattrs.push((n, v));
+            }
+        }
+        Ok(RemovedDir {
+            attr,
+            xattrs,
+            in_upper: r.upper.is_some(),
+        })
     }
 
     /// Before a directory at `rel` (upper) moves to a parent whose view is `dest`: a directory

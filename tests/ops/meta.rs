@@ -516,3 +516,56 @@ fn xattrs_of_a_file_unlinked_while_open() {
         assert_eq!(names(t, &e.p("")), Vec::<String>::new(), "{t}");
     }
 }
+
+#[test]
+fn xattrs_of_a_directory_removed_while_open() {
+    use xattr::FileExt;
+    if !common::can_mount("xattrs_of_a_directory_removed_while_open") {
+        return;
+    }
+    for t in targets() {
+        let e = Env::new(t, &[&[Dir("low")]], &[]);
+        xattr::set(e.lower(0, "low"), "user.test.low", b"l").expect("lower xattr");
+        std::fs::create_dir(e.p("new")).expect("mkdir");
+        xattr::set(e.p("new"), "user.test.k", b"v1").expect("set before rmdir");
+        let new = std::fs::File::open(e.p("new")).expect("open new");
+        let low = std::fs::File::open(e.p("low")).expect("open low");
+        std::fs::remove_dir(e.p("new")).expect("rmdir new");
+        std::fs::remove_dir(e.p("low")).expect("rmdir low");
+        let listed = |f: &std::fs::File, what: &str| -> Vec<String> {
+            let mut names: Vec<String> = f
+                .list_xattr()
+                .unwrap_or_else(|err| panic!("{t}: {what}: list after rmdir: {err}"))
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("user.test."))
+                .collect();
+            names.sort();
+            names
+        };
+        // One from the upper: its xattrs stay readable and changeable, as on its inode.
+        let get = |k: &str| {
+            new.get_xattr(k)
+                .unwrap_or_else(|err| panic!("{t}: get {k} after rmdir: {err}"))
+        };
+        assert_eq!(get("user.test.k"), Some(b"v1".to_vec()), "{t}");
+        new.set_xattr("user.test.k2", b"v2")
+            .unwrap_or_else(|err| panic!("{t}: set after rmdir: {err}"));
+        assert_eq!(listed(&new, "new"), ["user.test.k", "user.test.k2"], "{t}");
+        new.remove_xattr("user.test.k")
+            .unwrap_or_else(|err| panic!("{t}: remove after rmdir: {err}"));
+        assert_eq!(get("user.test.k"), None, "{t}: removed");
+        // One only the lower held: readable; no name is left to copy it up to for a change.
+        assert_eq!(
+            low.get_xattr("user.test.low").expect("get lower after rmdir"),
+            Some(b"l".to_vec()),
+            "{t}"
+        );
+        assert_eq!(listed(&low, "low"), ["user.test.low"], "{t}");
+        assert!(
+            low.set_xattr("user.test.k", b"v").is_err(),
+            "{t}: set on a removed lower directory"
+        );
+        assert_errno(t, "remove missing", low.remove_xattr("user.test.none"), libc::ENODATA);
+        assert_eq!(names(t, &e.p("")), Vec::<String>::new(), "{t}");
+    }
+}
