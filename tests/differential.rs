@@ -30,9 +30,9 @@ mod snapshot;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use ops::Op;
-use proptest::prelude::ProptestConfig;
-use proptest::test_runner::{FileFailurePersistence, TestCaseError};
+use ops::{Access, Op};
+use proptest::prelude::{ProptestConfig, Strategy};
+use proptest::test_runner::{FileFailurePersistence, TestCaseError, TestRunner};
 use runner::check_case;
 
 fn env_u32(name: &str, default: u32) -> u32 {
@@ -47,6 +47,22 @@ fn generated_sequences_match_kernel() {
     if !common::can_mount("generated_sequences_match_kernel") {
         return;
     }
+    run_generated(ops::sequence());
+}
+
+/// Sequences that hold descriptors across other operations: what a file or directory that is
+/// open becomes when its names are unlinked, renamed over, linked or copied up.
+#[test]
+fn held_descriptor_sequences_match_kernel() {
+    if !common::can_mount("held_descriptor_sequences_match_kernel") {
+        return;
+    }
+    run_generated(ops::held_sequence());
+}
+
+/// Checks generated sequences against the kernel; panics with the (shrunk) report of the first
+/// failure, or with the count of failures under `UNIONFS_DIFF_KEEP_GOING=1`.
+fn run_generated(strategy: impl Strategy<Value = Vec<Op>>) {
     let config = ProptestConfig {
         cases: env_u32("UNIONFS_DIFF_CASES", 48),
         max_shrink_iters: env_u32("UNIONFS_DIFF_SHRINK", 64),
@@ -57,19 +73,22 @@ fn generated_sequences_match_kernel() {
     let keep_going = std::env::var_os("UNIONFS_DIFF_KEEP_GOING").is_some_and(|v| v == "1");
     let passed = AtomicUsize::new(0);
     let failed = AtomicUsize::new(0);
-    proptest::proptest!(config, |(ops in ops::sequence())| {
-        match runner::check(&ops) {
-            Ok(()) => {
-                passed.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(report) if keep_going => {
-                failed.fetch_add(1, Ordering::Relaxed);
-                let (small, report) = minimize(ops, report);
-                eprintln!("differential: failing sequence, minimized to {small:?}{report}");
-            }
-            Err(report) => return Err(TestCaseError::fail(report)),
+    let outcome = TestRunner::new(config).run(&strategy, |ops| match runner::check(&ops) {
+        Ok(()) => {
+            passed.fetch_add(1, Ordering::Relaxed);
+            Ok(())
         }
+        Err(report) if keep_going => {
+            failed.fetch_add(1, Ordering::Relaxed);
+            let (small, report) = minimize(ops, report);
+            eprintln!("differential: failing sequence, minimized to {small:?}{report}");
+            Ok(())
+        }
+        Err(report) => Err(TestCaseError::fail(report)),
     });
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
     eprintln!(
         "differential: {} generated sequences passed",
         passed.load(Ordering::Relaxed)
@@ -417,5 +436,54 @@ case!(
         Op::Link("hl2", "gonedir"),
         Op::RemoveXattr { path: "hl1", name: "user.none" },
         Op::Chown { path: "gonedir", uid: 1001, gid: 0 },
+    ]
+);
+
+case!(
+    /// ftruncate through a descriptor of a copied-up hard link, after another name of it was
+    /// looked up (the failed rename only looks it up): the change is made on the descriptor's
+    /// file and links no other name into the upper (found by the held-descriptor proptest).
+    ftruncate_through_descriptor_of_hardlink: [
+        Op::Open { slot: 0, path: "hl2", how: Access::ReadWrite },
+        Op::RenameNoReplace("hl2", "hl1"),
+        Op::FTruncate { slot: 0, size: 2 },
+        Op::FStat(0),
+        Op::FRead(0),
+    ]
+);
+
+case!(
+    /// A read-only descriptor of a lower file keeps reading the object when another name of it
+    /// is copied up and written, when its own name is renamed over, and after that unlinked.
+    read_only_descriptor_follows_its_object: [
+        Op::Open { slot: 0, path: "h3a", how: Access::Read },
+        Op::Append { path: "h3b", len: 100, seed: 1 },
+        Op::FRead(0),
+        Op::Rename("a", "h3a"),
+        Op::FStat(0),
+        Op::FRead(0),
+        Op::Unlink("h3b"),
+        Op::Unlink("d1/h3c"),
+        Op::FStat(0),
+        Op::FRead(0),
+    ]
+);
+
+case!(
+    /// Directory descriptors held while one directory is renamed and its name reused, and
+    /// another is renamed over: listings and creations through them follow the directory,
+    /// not the name.
+    directory_descriptor_follows_its_directory: [
+        Op::Open { slot: 1, path: "d1", how: Access::Dir },
+        Op::Rename("d1", "nd"),
+        Op::FList(1),
+        Op::FCreate { slot: 1, name: "n1" },
+        Op::Mkdir { path: "d1", mode: 0o700 },
+        Op::FList(1),
+        Op::Open { slot: 2, path: "e2", how: Access::Dir },
+        Op::Rename("e", "e2"),
+        Op::FStat(2),
+        Op::FList(2),
+        Op::FCreate { slot: 2, name: "n2" },
     ]
 );

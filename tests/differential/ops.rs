@@ -5,17 +5,28 @@
 //! Paths come from a small universe (names from the fixture plus a few new ones) so that
 //! generated operations collide often: renames over existing names, links of already linked
 //! files, mkdir over a whiteout, rmdir of merged directories...
+//!
+//! Some operations hold descriptors: `Open` puts one in a numbered slot, and the `F*`
+//! operations use it later, after other operations may have unlinked, renamed over, copied up
+//! or removed what it names. That is where a union filesystem must keep an object's identity
+//! apart from its names, and where sequences of path operations alone cannot reach.
 
 use std::ffi::CString;
 use std::fmt;
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{symlink, DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use nix::errno::Errno;
+use nix::fcntl::{OFlag, AT_FDCWD};
+use nix::sys::stat::{fstat, Mode, SFlag};
+use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, mkfifo, Gid, Uid};
 use proptest::prelude::*;
+use sha2::{Digest, Sha256};
 
 use crate::fixture::content;
 
@@ -89,17 +100,132 @@ pub enum Op {
     },
     /// mkfifo(path, 0644).
     Mkfifo(&'static str),
-    /// Unmount and mount again on the same upper and work directories.
+    /// lstat(2), recording type, mode, owner, nlink and size (not of directories).
+    Stat(&'static str),
+    /// Unmount and mount again on the same upper and work directories. Closes every slot
+    /// first (a filesystem with open files cannot be unmounted).
     Remount,
+    /// open(2) with O_NONBLOCK (fifos open without a peer) into `slot`, closing what the
+    /// slot held.
+    Open {
+        slot: usize,
+        path: &'static str,
+        how: Access,
+    },
+    /// close(2) of a slot.
+    Close(usize),
+    /// fstat(2), recorded like `Stat`.
+    FStat(usize),
+    /// Reads the whole file from offset 0 with pread(2), recording size and content hash.
+    FRead(usize),
+    /// pwrite(2) of `len` bytes at `offset`.
+    FWrite {
+        slot: usize,
+        offset: u64,
+        len: usize,
+        seed: u64,
+    },
+    /// ftruncate(2).
+    FTruncate {
+        slot: usize,
+        size: u64,
+    },
+    /// fchmod(2).
+    FChmod {
+        slot: usize,
+        mode: u32,
+    },
+    /// futimens(2) to `secs` for both times, recording the mtime fstat then reports.
+    FUtime {
+        slot: usize,
+        secs: i64,
+    },
+    /// fsetxattr(2).
+    FSetXattr {
+        slot: usize,
+        name: &'static str,
+        value: &'static str,
+    },
+    /// fgetxattr(2), recording the value.
+    FGetXattr {
+        slot: usize,
+        name: &'static str,
+    },
+    /// Lists a directory through the descriptor (getdents from offset 0), recording the sorted
+    /// names.
+    FList(usize),
+    /// openat(2) of `name` relative to a directory descriptor with O_CREAT, then close.
+    FCreate {
+        slot: usize,
+        name: &'static str,
+    },
 }
 
-/// What an operation returned: success or the errno.
-pub type OpResult = Result<(), Errno>;
+/// How `Op::Open` opens.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Access {
+    Read,
+    ReadWrite,
+    /// O_RDONLY | O_DIRECTORY.
+    Dir,
+}
 
-/// Formats an `OpResult` as `ok` or the errno's name.
+/// Number of descriptor slots.
+pub const SLOTS: usize = 3;
+
+/// The descriptors a sequence holds, by slot.
+#[derive(Default)]
+pub struct Fds([Option<Held>; SLOTS]);
+
+/// One held descriptor.
+struct Held {
+    file: File,
+    /// Whether the object had several names when opened (see [`Fds::names_unknown`]).
+    linked: bool,
+}
+
+impl Fds {
+    fn get(&self, slot: usize) -> Result<&File, Errno> {
+        self.0[slot].as_ref().map(|h| &h.file).ok_or(Errno::EBADF)
+    }
+
+    /// Whether a change through the descriptor in `slot` may have to copy up one of several
+    /// names of a file without the filesystem being told which. fchmod, futimens and
+    /// fsetxattr reach a FUSE daemon as requests on the inode alone, with no descriptor:
+    /// kernel overlayfs copies up the name the descriptor was opened by (or none, when that
+    /// one is in the upper), while a FUSE daemon can only pick one (unionfs: the name last
+    /// looked up). The merged trees agree either way; the upper directories would differ in
+    /// which names of the hard-linked file they hold. So these changes are not made on
+    /// objects that have, or had when opened, several names.
+    fn names_unknown(&self, slot: usize) -> Result<bool, Errno> {
+        let held = self.0[slot].as_ref().ok_or(Errno::EBADF)?;
+        Ok(held.linked || is_linked(&fd_stat(&held.file)?))
+    }
+
+    /// Closes every slot.
+    pub fn close_all(&mut self) {
+        self.0 = Default::default();
+    }
+}
+
+/// A file (not a directory) with several names.
+fn is_linked(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_nlink > 1
+}
+
+/// What a change through a descriptor records when [`Fds::names_unknown`] keeps it from being
+/// made.
+const NOT_MADE: &str = "not made: hard-linked";
+
+/// What an operation returned: success, with what it observed if it is an observing
+/// operation, or the errno.
+pub type OpResult = Result<Option<String>, Errno>;
+
+/// Formats an `OpResult` as `ok`, the observation, or the errno's name.
 pub fn show_result(r: &OpResult) -> String {
     match r {
-        Ok(()) => "ok".to_string(),
+        Ok(None) => "ok".to_string(),
+        Ok(Some(seen)) => seen.clone(),
         Err(e) => format!("{e:?}"),
     }
 }
@@ -149,7 +275,40 @@ impl fmt::Debug for Op {
                 write!(f, "RemoveXattr {{ path: {path:?}, name: {name:?} }}")
             }
             Op::Mkfifo(p) => write!(f, "Mkfifo({p:?})"),
+            Op::Stat(p) => write!(f, "Stat({p:?})"),
             Op::Remount => write!(f, "Remount"),
+            Op::Open { slot, path, how } => write!(
+                f,
+                "Open {{ slot: {slot}, path: {path:?}, how: Access::{how:?} }}"
+            ),
+            Op::Close(slot) => write!(f, "Close({slot})"),
+            Op::FStat(slot) => write!(f, "FStat({slot})"),
+            Op::FRead(slot) => write!(f, "FRead({slot})"),
+            Op::FWrite {
+                slot,
+                offset,
+                len,
+                seed,
+            } => write!(
+                f,
+                "FWrite {{ slot: {slot}, offset: {offset}, len: {len}, seed: {seed} }}"
+            ),
+            Op::FTruncate { slot, size } => {
+                write!(f, "FTruncate {{ slot: {slot}, size: {size} }}")
+            }
+            Op::FChmod { slot, mode } => write!(f, "FChmod {{ slot: {slot}, mode: {mode:#o} }}"),
+            Op::FUtime { slot, secs } => write!(f, "FUtime {{ slot: {slot}, secs: {secs} }}"),
+            Op::FSetXattr { slot, name, value } => write!(
+                f,
+                "FSetXattr {{ slot: {slot}, name: {name:?}, value: {value:?} }}"
+            ),
+            Op::FGetXattr { slot, name } => {
+                write!(f, "FGetXattr {{ slot: {slot}, name: {name:?} }}")
+            }
+            Op::FList(slot) => write!(f, "FList({slot})"),
+            Op::FCreate { slot, name } => {
+                write!(f, "FCreate {{ slot: {slot}, name: {name:?} }}")
+            }
         }
     }
 }
@@ -169,10 +328,82 @@ fn write_with(path: &Path, opts: &mut std::fs::OpenOptions, len: usize, seed: u6
         .mode(0o644)
         .open(path)
         .map_err(errno)?;
-    f.write_all(&content(seed, len)).map_err(errno)
+    f.write_all(&content(seed, len)).map_err(errno)?;
+    Ok(None)
 }
 
-fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> OpResult {
+/// The part of a stat result that must agree between implementations: no inode numbers,
+/// devices or times, and no size for directories (filesystem-specific).
+fn show_stat(mode: u32, nlink: u64, uid: u32, gid: u32, size: u64) -> String {
+    let kind = match SFlag::from_bits_truncate(mode & libc::S_IFMT) {
+        SFlag::S_IFDIR => "dir",
+        SFlag::S_IFREG => "file",
+        SFlag::S_IFLNK => "symlink",
+        SFlag::S_IFIFO => "fifo",
+        _ => "other",
+    };
+    let size = if kind == "dir" {
+        String::new()
+    } else {
+        format!(" size={size}")
+    };
+    format!(
+        "{kind} {:04o} {uid}:{gid} nlink={nlink}{size}",
+        mode & 0o7777
+    )
+}
+
+/// The error a change through a descriptor is recorded with. An object only the lower layers
+/// hold whose name is gone (unlinked, removed, renamed over) cannot change: it has no name left
+/// to be copied up to. unionfs refuses with EROFS; kernel overlayfs tries the copy-up anyway
+/// and fails with what that meets at the old name (EEXIST at a whiteout, ENOTDIR, EIO). No
+/// change through a descriptor fails with those on a file system that can make it, so they
+/// are recorded as the one refusal.
+fn refused(e: Errno) -> Errno {
+    match e {
+        Errno::EEXIST | Errno::ENOTDIR | Errno::EIO => Errno::EROFS,
+        e => e,
+    }
+}
+
+fn fd_stat(fd: &File) -> Result<libc::stat, Errno> {
+    fstat(fd.as_fd())
+}
+
+/// Reads all of `fd` from offset 0 with pread (the descriptor's offset is left alone).
+fn read_all(fd: &File) -> Result<Vec<u8>, Errno> {
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = nix::sys::uio::pread(fd.as_fd(), &mut buf, data.len() as libc::off_t)?;
+        if n == 0 {
+            return Ok(data);
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Sorted names in the directory `fd` refers to, read through a duplicate of it (which shares
+/// its offset; the listing rewinds when done).
+fn list_fd(fd: &File) -> Result<Vec<String>, Errno> {
+    // fdopendir's own check, made first: nix's `Dir::from_fd` leaks the descriptor when
+    // fdopendir fails, which would keep the filesystem busy.
+    if fd_stat(fd)?.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return Err(Errno::ENOTDIR);
+    }
+    let mut dir = nix::dir::Dir::from_fd(fd.try_clone().map_err(errno)?.into())?;
+    let mut names = Vec::new();
+    for entry in dir.iter() {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> Result<(), Errno> {
     let (a, b) = (cpath(from), cpath(to));
     // SAFETY: both strings are valid NUL-terminated paths that outlive the call.
     let r = unsafe {
@@ -192,9 +423,11 @@ fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> OpResult {
 }
 
 impl Op {
-    /// Carries out the operation under `root` (a mountpoint). `Remount` is the caller's job.
-    pub fn apply(&self, root: &Path) -> OpResult {
+    /// Carries out the operation under `root` (a mountpoint), with the descriptors the sequence
+    /// holds. `Remount` is the caller's job.
+    pub fn apply(&self, root: &Path, fds: &mut Fds) -> OpResult {
         let p = |rel: &str| root.join(rel);
+        let done = |r: Result<(), Errno>| r.map(|()| None);
         match *self {
             Op::Write { path, len, seed } => write_with(
                 &p(path),
@@ -217,35 +450,139 @@ impl Op {
                 len,
                 seed,
             ),
-            Op::Truncate { path, size } => nix::unistd::truncate(&p(path), size as libc::off_t),
-            Op::Mkdir { path, mode } => std::fs::DirBuilder::new()
-                .mode(mode)
-                .create(p(path))
-                .map_err(errno),
-            Op::Rmdir(path) => std::fs::remove_dir(p(path)).map_err(errno),
-            Op::Unlink(path) => std::fs::remove_file(p(path)).map_err(errno),
-            Op::Rename(a, b) => std::fs::rename(p(a), p(b)).map_err(errno),
-            Op::RenameNoReplace(a, b) => renameat2(&p(a), &p(b), libc::RENAME_NOREPLACE),
-            Op::Exchange(a, b) => renameat2(&p(a), &p(b), libc::RENAME_EXCHANGE),
-            Op::Link(a, b) => std::fs::hard_link(p(a), p(b)).map_err(errno),
-            Op::Symlink { target, path } => symlink(target, p(path)).map_err(errno),
-            Op::Chmod { path, mode } => {
-                std::fs::set_permissions(p(path), std::fs::Permissions::from_mode(mode))
-                    .map_err(errno)
+            Op::Truncate { path, size } => {
+                done(nix::unistd::truncate(&p(path), size as libc::off_t))
             }
-            Op::Chown { path, uid, gid } => fchownat(
-                nix::fcntl::AT_FDCWD,
+            Op::Mkdir { path, mode } => done(
+                std::fs::DirBuilder::new()
+                    .mode(mode)
+                    .create(p(path))
+                    .map_err(errno),
+            ),
+            Op::Rmdir(path) => done(std::fs::remove_dir(p(path)).map_err(errno)),
+            Op::Unlink(path) => done(std::fs::remove_file(p(path)).map_err(errno)),
+            Op::Rename(a, b) => done(std::fs::rename(p(a), p(b)).map_err(errno)),
+            Op::RenameNoReplace(a, b) => done(renameat2(&p(a), &p(b), libc::RENAME_NOREPLACE)),
+            Op::Exchange(a, b) => done(renameat2(&p(a), &p(b), libc::RENAME_EXCHANGE)),
+            Op::Link(a, b) => done(std::fs::hard_link(p(a), p(b)).map_err(errno)),
+            Op::Symlink { target, path } => done(symlink(target, p(path)).map_err(errno)),
+            Op::Chmod { path, mode } => done(
+                std::fs::set_permissions(p(path), std::fs::Permissions::from_mode(mode))
+                    .map_err(errno),
+            ),
+            Op::Chown { path, uid, gid } => done(fchownat(
+                AT_FDCWD,
                 &p(path),
                 Some(Uid::from_raw(uid)),
                 Some(Gid::from_raw(gid)),
                 nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            ),
+            )),
             Op::SetXattr { path, name, value } => {
-                xattr::set(p(path), name, value.as_bytes()).map_err(errno)
+                done(xattr::set(p(path), name, value.as_bytes()).map_err(errno))
             }
-            Op::RemoveXattr { path, name } => xattr::remove(p(path), name).map_err(errno),
-            Op::Mkfifo(path) => mkfifo(&p(path), nix::sys::stat::Mode::from_bits_truncate(0o644)),
+            Op::RemoveXattr { path, name } => done(xattr::remove(p(path), name).map_err(errno)),
+            Op::Mkfifo(path) => done(mkfifo(&p(path), Mode::from_bits_truncate(0o644))),
+            Op::Stat(path) => {
+                let m = std::fs::symlink_metadata(p(path)).map_err(errno)?;
+                Ok(Some(show_stat(
+                    m.mode(),
+                    m.nlink(),
+                    m.uid(),
+                    m.gid(),
+                    m.size(),
+                )))
+            }
             Op::Remount => unreachable!("the runner handles Remount"),
+            Op::Open { slot, path, how } => {
+                fds.0[slot] = None;
+                let flags = OFlag::O_NONBLOCK
+                    | OFlag::O_CLOEXEC
+                    | match how {
+                        Access::Read => OFlag::O_RDONLY,
+                        Access::ReadWrite => OFlag::O_RDWR,
+                        Access::Dir => OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                    };
+                let file = File::from(nix::fcntl::open(&p(path), flags, Mode::empty())?);
+                let linked = is_linked(&fd_stat(&file)?);
+                fds.0[slot] = Some(Held { file, linked });
+                Ok(None)
+            }
+            Op::Close(slot) => {
+                fds.0[slot].take().ok_or(Errno::EBADF)?;
+                Ok(None)
+            }
+            Op::FStat(slot) => {
+                let st = fd_stat(fds.get(slot)?)?;
+                Ok(Some(show_stat(
+                    st.st_mode,
+                    st.st_nlink,
+                    st.st_uid,
+                    st.st_gid,
+                    st.st_size as u64,
+                )))
+            }
+            Op::FRead(slot) => {
+                let data = read_all(fds.get(slot)?)?;
+                let digest = Sha256::digest(&data);
+                let hash: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+                Ok(Some(format!("{} bytes sha={hash}", data.len())))
+            }
+            Op::FWrite {
+                slot,
+                offset,
+                len,
+                seed,
+            } => {
+                let data = content(seed, len);
+                let n = nix::sys::uio::pwrite(fds.get(slot)?, &data, offset as libc::off_t)?;
+                Ok((n != len).then(|| format!("short write {n}")))
+            }
+            Op::FTruncate { slot, size } => {
+                let r = nix::unistd::ftruncate(fds.get(slot)?, size as libc::off_t);
+                done(r.map_err(refused))
+            }
+            Op::FChmod { slot, mode } => {
+                if fds.names_unknown(slot)? {
+                    return Ok(Some(NOT_MADE.to_string()));
+                }
+                let fd = fds.get(slot)?;
+                let r = nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(mode));
+                done(r.map_err(refused))
+            }
+            Op::FUtime { slot, secs } => {
+                if fds.names_unknown(slot)? {
+                    return Ok(Some(NOT_MADE.to_string()));
+                }
+                let fd = fds.get(slot)?;
+                let t = TimeSpec::new(secs, 0);
+                nix::sys::stat::futimens(fd, &t, &t).map_err(refused)?;
+                Ok(Some(format!("mtime={}", fd_stat(fd)?.st_mtime)))
+            }
+            Op::FSetXattr { slot, name, value } => {
+                if fds.names_unknown(slot)? {
+                    return Ok(Some(NOT_MADE.to_string()));
+                }
+                let f = fds.get(slot)?;
+                let r = xattr::FileExt::set_xattr(f, name, value.as_bytes());
+                done(r.map_err(|e| refused(errno(e))))
+            }
+            Op::FGetXattr { slot, name } => {
+                match xattr::FileExt::get_xattr(fds.get(slot)?, name).map_err(errno)? {
+                    Some(v) => Ok(Some(format!("{:?}", String::from_utf8_lossy(&v)))),
+                    None => Err(Errno::ENODATA),
+                }
+            }
+            Op::FList(slot) => Ok(Some(list_fd(fds.get(slot)?)?.join(" "))),
+            Op::FCreate { slot, name } => {
+                let fd = nix::fcntl::openat(
+                    fds.get(slot)?,
+                    name,
+                    OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o644),
+                )?;
+                drop(fd);
+                Ok(None)
+            }
         }
     }
 }
@@ -259,8 +596,16 @@ pub const PATHS: &[&str] = &[
     "ln", "dang", "e", "e2", "nd", "nd/f", "e/f",
 ];
 
-fn path() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(PATHS)
+/// A smaller universe for sequences that hold descriptors: names of a few objects, some hard
+/// linked, some merged directories, so that what a descriptor holds is renamed, unlinked and
+/// copied up often.
+pub const HELD_PATHS: &[&str] = &[
+    "a", "b", "new", "hl1", "hl2", "h3a", "d1/h3c", "xa", "d1", "d1/x", "d1/sub", "d2", "m",
+    "m/both", "e", "nd",
+];
+
+fn path_in(paths: &'static [&'static str]) -> impl Strategy<Value = &'static str> {
+    prop::sample::select(paths)
 }
 
 fn data() -> impl Strategy<Value = (usize, u64)> {
@@ -270,9 +615,10 @@ fn data() -> impl Strategy<Value = (usize, u64)> {
     )
 }
 
-/// One generated operation (weights favour the namespace operations, which are where union
-/// filesystems go wrong).
-pub fn op() -> impl Strategy<Value = Op> {
+/// One generated operation by path (weights favour the namespace operations, which are where
+/// union filesystems go wrong).
+fn path_op(paths: &'static [&'static str]) -> impl Strategy<Value = Op> {
+    let path = || path_in(paths);
     prop_oneof![
         2 => (path(), data()).prop_map(|(path, (len, seed))| Op::Write { path, len, seed }),
         1 => (path(), data()).prop_map(|(path, (len, seed))| Op::Append { path, len, seed }),
@@ -293,17 +639,57 @@ pub fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(path, mode)| Op::Chmod { path, mode }),
         1 => (path(), prop::sample::select(&[(0u32, 0u32), (1000, 1000), (1001, 0)][..]))
             .prop_map(|(path, (uid, gid))| Op::Chown { path, uid, gid }),
-        1 => (path(), prop::sample::select(&["user.one", "user.new"][..]),
-              prop::sample::select(&["v", "", "longer value"][..]))
+        1 => (path(), xattr_name(), xattr_value())
             .prop_map(|(path, name, value)| Op::SetXattr { path, name, value }),
-        1 => (path(), prop::sample::select(&["user.one", "user.new"][..]))
-            .prop_map(|(path, name)| Op::RemoveXattr { path, name }),
+        1 => (path(), xattr_name()).prop_map(|(path, name)| Op::RemoveXattr { path, name }),
         1 => path().prop_map(Op::Mkfifo),
         1 => Just(Op::Remount),
     ]
 }
 
-/// A sequence of 1–24 operations.
+fn xattr_name() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(&["user.one", "user.new"][..])
+}
+
+fn xattr_value() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(&["v", "", "longer value"][..])
+}
+
+/// One generated operation on a held descriptor, or one that opens, closes or looks.
+fn held_op(paths: &'static [&'static str]) -> impl Strategy<Value = Op> {
+    let slot = || 0..SLOTS;
+    let how = prop::sample::select(&[Access::Read, Access::ReadWrite, Access::Dir][..]);
+    prop_oneof![
+        4 => (slot(), path_in(paths), how)
+            .prop_map(|(slot, path, how)| Op::Open { slot, path, how }),
+        1 => slot().prop_map(Op::Close),
+        2 => path_in(paths).prop_map(Op::Stat),
+        3 => slot().prop_map(Op::FStat),
+        2 => slot().prop_map(Op::FRead),
+        2 => (slot(), prop::sample::select(&[0u64, 3, 5000][..]), data())
+            .prop_map(|(slot, offset, (len, seed))| Op::FWrite { slot, offset, len, seed }),
+        1 => (slot(), prop::sample::select(&[0u64, 2, 6000][..]))
+            .prop_map(|(slot, size)| Op::FTruncate { slot, size }),
+        1 => (slot(), prop::sample::select(&[0o600u32, 0o751, 0o4755][..]))
+            .prop_map(|(slot, mode)| Op::FChmod { slot, mode }),
+        1 => (slot(), prop::sample::select(&[1_000_000i64, 2_000_000][..]))
+            .prop_map(|(slot, secs)| Op::FUtime { slot, secs }),
+        1 => (slot(), xattr_name(), xattr_value())
+            .prop_map(|(slot, name, value)| Op::FSetXattr { slot, name, value }),
+        1 => (slot(), xattr_name()).prop_map(|(slot, name)| Op::FGetXattr { slot, name }),
+        2 => slot().prop_map(Op::FList),
+        1 => (slot(), prop::sample::select(&["n1", "n2"][..]))
+            .prop_map(|(slot, name)| Op::FCreate { slot, name }),
+    ]
+}
+
+/// A sequence of 1–24 operations by path over the whole fixture.
 pub fn sequence() -> impl Strategy<Value = Vec<Op>> {
-    prop::collection::vec(op(), 1..=24)
+    prop::collection::vec(path_op(PATHS), 1..=24)
+}
+
+/// A sequence of 1–32 operations over [`HELD_PATHS`], about half of them on held descriptors.
+pub fn held_sequence() -> impl Strategy<Value = Vec<Op>> {
+    let op = prop_oneof![1 => path_op(HELD_PATHS), 1 => held_op(HELD_PATHS)];
+    prop::collection::vec(op, 1..=32)
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::common::{is_mountpoint, MountGuard, Stack};
 use crate::fixture::{write_layers, Format};
-use crate::ops::{show_result, Op, OpResult};
+use crate::ops::{show_result, Fds, Op, OpResult};
 use crate::snapshot::{self, Snapshot, View};
 
 /// Which filesystem serves a target.
@@ -133,14 +133,17 @@ fn run_target(
     let mut t = Target::new(imp, format);
     let _ = dir_tx.send(t.stack.dir.path().to_path_buf());
     let mut results = Vec::with_capacity(ops.len());
+    let mut fds = Fds::default();
     for op in ops {
         if *op == Op::Remount {
+            fds.close_all();
             t.remount();
-            results.push(Ok(()));
+            results.push(Ok(None));
         } else {
-            results.push(op.apply(&t.stack.mnt));
+            results.push(op.apply(&t.stack.mnt, &mut fds));
         }
     }
+    drop(fds);
     let merged = snapshot::take(&t.stack.mnt, View::Merged);
     t.remount();
     let merged_after_remount = snapshot::take(&t.stack.mnt, View::Merged);
