@@ -12,6 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use nix::errno::Errno;
 
@@ -142,6 +143,10 @@ pub struct Table {
     removed_dirs: HashMap<u64, RemovedDir>,
 }
 
+/// How many bytes of xattrs (names and values) a removed directory may hold: the most one
+/// listxattr(2) can return of names (XATTR_LIST_MAX), and as much as one value can be.
+pub const KEPT_XATTRS: usize = 64 * 1024;
+
 /// What is kept of a removed directory the kernel still holds (an open descriptor, a process's
 /// working directory): `fstat`, `stat(".")` and the xattr calls still answer for it, as on any
 /// file system, but nothing is left on disk to read them from.
@@ -180,21 +185,39 @@ impl RemovedDir {
         found.map(|(_, v)| v.clone())
     }
 
-    /// Sets xattr `name`, with setxattr(2)'s `XATTR_CREATE` and `XATTR_REPLACE` flags.
+    /// Sets xattr `name`, with setxattr(2)'s `XATTR_CREATE` and `XATTR_REPLACE` flags. Only
+    /// the namespaces an upper file system stores are taken, and no more than [`KEPT_XATTRS`]
+    /// bytes in all (ENOSPC beyond): what is kept lives in the daemon's memory.
     pub fn set_xattr(&mut self, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
         self.writable()?;
-        match self.xattrs.iter_mut().find(|(n, _)| n == name) {
-            Some(_) if flags & libc::XATTR_CREATE != 0 => Err(Errno::EEXIST),
-            Some((_, v)) => {
-                *v = value.to_vec();
-                Ok(())
-            }
-            None if flags & libc::XATTR_REPLACE != 0 => Err(Errno::ENODATA),
-            None => {
-                self.xattrs.push((name.to_owned(), value.to_vec()));
-                Ok(())
-            }
+        let stored = ["user.", "trusted.", "security."];
+        if !stored
+            .iter()
+            .any(|p| name.as_bytes().starts_with(p.as_bytes()))
+        {
+            return Err(Errno::EOPNOTSUPP);
         }
+        let existing = self.xattrs.iter().position(|(n, _)| n == name);
+        match existing {
+            Some(_) if flags & libc::XATTR_CREATE != 0 => return Err(Errno::EEXIST),
+            None if flags & libc::XATTR_REPLACE != 0 => return Err(Errno::ENODATA),
+            _ => {}
+        }
+        let others: usize = self
+            .xattrs
+            .iter()
+            .filter(|(n, _)| n != name)
+            .map(|(n, v)| n.len() + 1 + v.len())
+            .sum();
+        if others + name.len() + 1 + value.len() > KEPT_XATTRS {
+            return Err(Errno::ENOSPC);
+        }
+        match existing {
+            Some(i) => self.xattrs[i].1 = value.to_vec(),
+            None => self.xattrs.push((name.to_owned(), value.to_vec())),
+        }
+        self.attr.ctime = SystemTime::now();
+        Ok(())
     }
 
     /// Removes xattr `name` (only one that is there needs a change).
@@ -204,6 +227,7 @@ impl RemovedDir {
         }
         self.writable()?;
         self.xattrs.retain(|(n, _)| n != name);
+        self.attr.ctime = SystemTime::now();
         Ok(())
     }
 }

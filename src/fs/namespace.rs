@@ -614,7 +614,9 @@ impl UnionFs {
     /// What is kept of directory `name` in `view`, resolved as `r`, once removed, for those
     /// still holding it. One only the upper held is deleted (no links left); a merged one
     /// keeps reporting 1, and a lower one stays as it was, hidden (as on overlayfs). Its
-    /// xattrs are read from where it is now: its upper directory, else its top lower one.
+    /// xattrs are read from where it is now, its upper directory, else its top lower one;
+    /// one that cannot be read is left out (what is kept only answers for a directory already
+    /// gone; its removal goes on).
     fn removed_dir(
         &self,
         ino: u64,
@@ -634,12 +636,20 @@ impl UnionFs {
             _ => return Err(Errno::ENOENT),
         };
         let mut xattrs = Vec::new();
-        for n in xattr::list(&at)? {
+        let names = xattr::list(&at).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, path = %rel.display(), "listing xattrs of a removed directory");
+            Vec::new()
+        });
+        for n in names {
             if whiteout::is_private_xattr(&n) {
                 continue;
             }
-            if let Some(v) = xattr::get(&at, &n)? {
-                xattrs.push((n, v));
+            match xattr::get(&at, &n) {
+                Ok(Some(v)) => xattrs.push((n, v)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %rel.display(), name = ?n, "reading an xattr of a removed directory")
+                }
             }
         }
         Ok(RemovedDir {
