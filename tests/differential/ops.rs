@@ -159,6 +159,28 @@ pub enum Op {
         slot: usize,
         name: &'static str,
     },
+    /// fstatat(2) of `name` relative to a directory descriptor, recorded like `Stat`.
+    FStatAt {
+        slot: usize,
+        name: &'static str,
+    },
+    /// mkdirat(2) of `name` (mode 0755) relative to a directory descriptor.
+    FMkdir {
+        slot: usize,
+        name: &'static str,
+    },
+    /// unlinkat(2) of `name` relative to a directory descriptor (rmdir with `dir`).
+    FRemove {
+        slot: usize,
+        name: &'static str,
+        dir: bool,
+    },
+    /// renameat(2) of `name` in a directory descriptor to `to` (relative to the mountpoint).
+    FRename {
+        slot: usize,
+        name: &'static str,
+        to: &'static str,
+    },
 }
 
 /// How `Op::Open` opens.
@@ -180,26 +202,59 @@ pub struct Fds([Option<Held>; SLOTS]);
 /// One held descriptor.
 struct Held {
     file: File,
-    /// Whether the object had several names when opened (see [`Fds::names_unknown`]).
+    /// Whether the object had several names when opened (see [`Fds::change`]).
     linked: bool,
 }
 
+/// How a change through a descriptor (fchmod, futimens, fsetxattr) is made and recorded.
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    /// Made, and its result recorded as it is.
+    Made,
+    /// Made on an object left with no name; a refusal is recorded as one (see [`refused`]).
+    Nameless,
+    /// Not made (see [`Fds::change`]).
+    NotMade,
+}
+
 impl Fds {
-    fn get(&self, slot: usize) -> Result<&File, Errno> {
-        self.0[slot].as_ref().map(|h| &h.file).ok_or(Errno::EBADF)
+    /// The descriptor an operation on `slot` uses: the slot's own, or when it is empty the
+    /// first one held (generated sequences would rarely line slot numbers up by chance);
+    /// EBADF when none is held.
+    fn held(&self, slot: usize) -> Result<&Held, Errno> {
+        self.0[slot]
+            .as_ref()
+            .or_else(|| self.0.iter().flatten().next())
+            .ok_or(Errno::EBADF)
     }
 
-    /// Whether a change through the descriptor in `slot` may have to copy up one of several
-    /// names of a file without the filesystem being told which. fchmod, futimens and
-    /// fsetxattr reach a FUSE daemon as requests on the inode alone, with no descriptor:
-    /// kernel overlayfs copies up the name the descriptor was opened by (or none, when that
-    /// one is in the upper), while a FUSE daemon can only pick one (unionfs: the name last
-    /// looked up). The merged trees agree either way; the upper directories would differ in
-    /// which names of the hard-linked file they hold. So these changes are not made on
-    /// objects that have, or had when opened, several names.
-    fn names_unknown(&self, slot: usize) -> Result<bool, Errno> {
-        let held = self.0[slot].as_ref().ok_or(Errno::EBADF)?;
-        Ok(held.linked || is_linked(&fd_stat(&held.file)?))
+    fn get(&self, slot: usize) -> Result<&File, Errno> {
+        self.held(slot).map(|h| &h.file)
+    }
+
+    /// How a change through the descriptor in `slot` is made, given the names its object has
+    /// in the merged tree under `root` and whether they are in `upper`.
+    ///
+    /// Left out: a change that may have to copy up one of several names of a lower hard-linked
+    /// file without the file system being told which. fchmod, futimens and fsetxattr reach a
+    /// FUSE daemon as requests on the inode alone, with no descriptor: kernel overlayfs copies
+    /// up the name the descriptor was opened by (or none, when that one is in the upper),
+    /// while a FUSE daemon can only pick one (unionfs: the name last looked up). The merged
+    /// trees would agree; the upper directories would differ in which names of the file they
+    /// hold. So the change is not made when the object has, or had when opened, several names
+    /// and one of them is not in the upper yet.
+    fn change(&self, slot: usize, root: &Path, upper: &Path) -> Result<Change, Errno> {
+        let held = self.held(slot)?;
+        let st = fd_stat(&held.file)?;
+        let names = merged_names(root, st.st_ino);
+        if names.is_empty() {
+            return Ok(Change::Nameless);
+        }
+        let several = held.linked || names.len() > 1;
+        if is_file(&st) && several && names.iter().any(|n| !in_upper(upper, n)) {
+            return Ok(Change::NotMade);
+        }
+        Ok(Change::Made)
     }
 
     /// Closes every slot.
@@ -208,13 +263,48 @@ impl Fds {
     }
 }
 
-/// A file (not a directory) with several names.
-fn is_linked(st: &libc::stat) -> bool {
-    st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_nlink > 1
+/// Not a directory.
+fn is_file(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT != libc::S_IFDIR
 }
 
-/// What a change through a descriptor records when [`Fds::names_unknown`] keeps it from being
-/// made.
+/// The paths under `root` (not following symlinks) whose inode number is `ino`.
+fn merged_names(root: &Path, ino: u64) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(m) = std::fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            if m.ino() == ino {
+                found.push(
+                    entry
+                        .path()
+                        .strip_prefix(root)
+                        .unwrap_or(&entry.path())
+                        .into(),
+                );
+            }
+            if m.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// Whether merged path `rel` is in the upper directory `upper` (not a whiteout).
+fn in_upper(upper: &Path, rel: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(upper.join(rel))
+        .is_ok_and(|m| !(m.file_type().is_char_device() && m.rdev() == 0))
+}
+
+/// What a change through a descriptor records when [`Fds::change`] leaves it out.
 const NOT_MADE: &str = "not made: hard-linked";
 
 /// What an operation returned: success, with what it observed if it is an observing
@@ -309,6 +399,16 @@ impl fmt::Debug for Op {
             Op::FCreate { slot, name } => {
                 write!(f, "FCreate {{ slot: {slot}, name: {name:?} }}")
             }
+            Op::FStatAt { slot, name } => {
+                write!(f, "FStatAt {{ slot: {slot}, name: {name:?} }}")
+            }
+            Op::FMkdir { slot, name } => write!(f, "FMkdir {{ slot: {slot}, name: {name:?} }}"),
+            Op::FRemove { slot, name, dir } => {
+                write!(f, "FRemove {{ slot: {slot}, name: {name:?}, dir: {dir} }}")
+            }
+            Op::FRename { slot, name, to } => {
+                write!(f, "FRename {{ slot: {slot}, name: {name:?}, to: {to:?} }}")
+            }
         }
     }
 }
@@ -353,12 +453,22 @@ fn show_stat(mode: u32, nlink: u64, uid: u32, gid: u32, size: u64) -> String {
     )
 }
 
-/// The error a change through a descriptor is recorded with. An object only the lower layers
-/// hold whose name is gone (unlinked, removed, renamed over) cannot change: it has no name left
-/// to be copied up to. unionfs refuses with EROFS; kernel overlayfs tries the copy-up anyway
-/// and fails with what that meets at the old name (EEXIST at a whiteout, ENOTDIR, EIO). No
-/// change through a descriptor fails with those on a file system that can make it, so they
-/// are recorded as the one refusal.
+/// The error a change through a descriptor of an object left with no name is recorded with.
+/// One only the lower layers hold cannot change: no name is left to copy it up to. unionfs
+/// refuses with EROFS; kernel overlayfs tries the copy-up anyway and fails with what that
+/// meets at the old name (EEXIST at a whiteout, ENOTDIR, EIO). No change through a descriptor
+/// fails with those on a file system that can make it, so they are recorded as the one
+/// refusal. (One that the upper holds must change on both.)
+impl Change {
+    /// The error recorded for a change that failed with `e`.
+    fn error(&self, e: Errno) -> Errno {
+        match self {
+            Change::Nameless => refused(e),
+            _ => e,
+        }
+    }
+}
+
 fn refused(e: Errno) -> Errno {
     match e {
         Errno::EEXIST | Errno::ENOTDIR | Errno::EIO => Errno::EROFS,
@@ -425,7 +535,7 @@ fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> Result<(), Errno> {
 impl Op {
     /// Carries out the operation under `root` (a mountpoint), with the descriptors the sequence
     /// holds. `Remount` is the caller's job.
-    pub fn apply(&self, root: &Path, fds: &mut Fds) -> OpResult {
+    pub fn apply(&self, root: &Path, upper: &Path, fds: &mut Fds) -> OpResult {
         let p = |rel: &str| root.join(rel);
         let done = |r: Result<(), Errno>| r.map(|()| None);
         match *self {
@@ -503,7 +613,8 @@ impl Op {
                         Access::Dir => OFlag::O_RDONLY | OFlag::O_DIRECTORY,
                     };
                 let file = File::from(nix::fcntl::open(&p(path), flags, Mode::empty())?);
-                let linked = is_linked(&fd_stat(&file)?);
+                let st = fd_stat(&file)?;
+                let linked = is_file(&st) && st.st_nlink > 1;
                 fds.0[slot] = Some(Held { file, linked });
                 Ok(None)
             }
@@ -538,33 +649,33 @@ impl Op {
                 Ok((n != len).then(|| format!("short write {n}")))
             }
             Op::FTruncate { slot, size } => {
-                let r = nix::unistd::ftruncate(fds.get(slot)?, size as libc::off_t);
-                done(r.map_err(refused))
+                done(nix::unistd::ftruncate(fds.get(slot)?, size as libc::off_t))
             }
             Op::FChmod { slot, mode } => {
-                if fds.names_unknown(slot)? {
+                let how = fds.change(slot, root, upper)?;
+                if how == Change::NotMade {
                     return Ok(Some(NOT_MADE.to_string()));
                 }
-                let fd = fds.get(slot)?;
-                let r = nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(mode));
-                done(r.map_err(refused))
+                let r = nix::sys::stat::fchmod(fds.get(slot)?, Mode::from_bits_truncate(mode));
+                done(r.map_err(|e| how.error(e)))
             }
             Op::FUtime { slot, secs } => {
-                if fds.names_unknown(slot)? {
+                let how = fds.change(slot, root, upper)?;
+                if how == Change::NotMade {
                     return Ok(Some(NOT_MADE.to_string()));
                 }
                 let fd = fds.get(slot)?;
                 let t = TimeSpec::new(secs, 0);
-                nix::sys::stat::futimens(fd, &t, &t).map_err(refused)?;
+                nix::sys::stat::futimens(fd, &t, &t).map_err(|e| how.error(e))?;
                 Ok(Some(format!("mtime={}", fd_stat(fd)?.st_mtime)))
             }
             Op::FSetXattr { slot, name, value } => {
-                if fds.names_unknown(slot)? {
+                let how = fds.change(slot, root, upper)?;
+                if how == Change::NotMade {
                     return Ok(Some(NOT_MADE.to_string()));
                 }
-                let f = fds.get(slot)?;
-                let r = xattr::FileExt::set_xattr(f, name, value.as_bytes());
-                done(r.map_err(|e| refused(errno(e))))
+                let r = xattr::FileExt::set_xattr(fds.get(slot)?, name, value.as_bytes());
+                done(r.map_err(|e| how.error(errno(e))))
             }
             Op::FGetXattr { slot, name } => {
                 match xattr::FileExt::get_xattr(fds.get(slot)?, name).map_err(errno)? {
@@ -582,6 +693,36 @@ impl Op {
                 )?;
                 drop(fd);
                 Ok(None)
+            }
+            Op::FStatAt { slot, name } => {
+                let st = nix::sys::stat::fstatat(
+                    fds.get(slot)?,
+                    name,
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )?;
+                Ok(Some(show_stat(
+                    st.st_mode,
+                    st.st_nlink,
+                    st.st_uid,
+                    st.st_gid,
+                    st.st_size as u64,
+                )))
+            }
+            Op::FMkdir { slot, name } => done(nix::sys::stat::mkdirat(
+                fds.get(slot)?,
+                name,
+                Mode::from_bits_truncate(0o755),
+            )),
+            Op::FRemove { slot, name, dir } => {
+                let how = if dir {
+                    nix::unistd::UnlinkatFlags::RemoveDir
+                } else {
+                    nix::unistd::UnlinkatFlags::NoRemoveDir
+                };
+                done(nix::unistd::unlinkat(fds.get(slot)?, name, how))
+            }
+            Op::FRename { slot, name, to } => {
+                done(nix::fcntl::renameat(fds.get(slot)?, name, AT_FDCWD, &p(to)))
             }
         }
     }
@@ -658,10 +799,8 @@ fn xattr_value() -> impl Strategy<Value = &'static str> {
 /// One generated operation on a held descriptor, or one that opens, closes or looks.
 fn held_op(paths: &'static [&'static str]) -> impl Strategy<Value = Op> {
     let slot = || 0..SLOTS;
-    let how = prop::sample::select(&[Access::Read, Access::ReadWrite, Access::Dir][..]);
     prop_oneof![
-        4 => (slot(), path_in(paths), how)
-            .prop_map(|(slot, path, how)| Op::Open { slot, path, how }),
+        4 => open(paths),
         1 => slot().prop_map(Op::Close),
         2 => path_in(paths).prop_map(Op::Stat),
         3 => slot().prop_map(Op::FStat),
@@ -678,9 +817,29 @@ fn held_op(paths: &'static [&'static str]) -> impl Strategy<Value = Op> {
             .prop_map(|(slot, name, value)| Op::FSetXattr { slot, name, value }),
         1 => (slot(), xattr_name()).prop_map(|(slot, name)| Op::FGetXattr { slot, name }),
         2 => slot().prop_map(Op::FList),
-        1 => (slot(), prop::sample::select(&["n1", "n2"][..]))
-            .prop_map(|(slot, name)| Op::FCreate { slot, name }),
+        1 => (slot(), child()).prop_map(|(slot, name)| Op::FCreate { slot, name }),
+        2 => (slot(), child()).prop_map(|(slot, name)| Op::FStatAt { slot, name }),
+        1 => (slot(), child()).prop_map(|(slot, name)| Op::FMkdir { slot, name }),
+        1 => (slot(), child(), any::<bool>())
+            .prop_map(|(slot, name, dir)| Op::FRemove { slot, name, dir }),
+        1 => (slot(), child(), path_in(paths))
+            .prop_map(|(slot, name, to)| Op::FRename { slot, name, to }),
     ]
+}
+
+/// An `Op::Open` of one of `paths`. O_RDONLY opens directories as well, so it comes first.
+fn open(paths: &'static [&'static str]) -> impl Strategy<Value = Op> {
+    let how = prop_oneof![
+        3 => Just(Access::Read),
+        2 => Just(Access::ReadWrite),
+        1 => Just(Access::Dir),
+    ];
+    (0..SLOTS, path_in(paths), how).prop_map(|(slot, path, how)| Op::Open { slot, path, how })
+}
+
+/// Names looked up in a held directory: new ones, and ones the fixture's directories hold.
+fn child() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(&["n1", "n2", "x", "sub", "both", "h3c", "l0"][..])
 }
 
 /// A sequence of 1–24 operations by path over the whole fixture.
@@ -688,8 +847,13 @@ pub fn sequence() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(path_op(PATHS), 1..=24)
 }
 
-/// A sequence of 1–32 operations over [`HELD_PATHS`], about half of them on held descriptors.
+/// A sequence over [`HELD_PATHS`] that opens one to three descriptors, then goes on with 1–32
+/// operations, about half of them on held descriptors.
 pub fn held_sequence() -> impl Strategy<Value = Vec<Op>> {
     let op = prop_oneof![1 => path_op(HELD_PATHS), 1 => held_op(HELD_PATHS)];
-    prop::collection::vec(op, 1..=32)
+    let opens = prop::collection::vec(open(HELD_PATHS), 1..=SLOTS);
+    (opens, prop::collection::vec(op, 1..=32)).prop_map(|(mut ops, more)| {
+        ops.extend(more);
+        ops
+    })
 }

@@ -140,7 +140,7 @@ fn run_target(
             t.remount();
             results.push(Ok(None));
         } else {
-            results.push(op.apply(&t.stack.mnt, &mut fds));
+            results.push(op.apply(&t.stack.mnt, &t.stack.upper, &mut fds));
         }
     }
     drop(fds);

@@ -556,7 +556,8 @@ fn xattrs_of_a_directory_removed_while_open() {
         assert_eq!(get("user.test.k"), None, "{t}: removed");
         // One only the lower held: readable; no name is left to copy it up to for a change.
         assert_eq!(
-            low.get_xattr("user.test.low").expect("get lower after rmdir"),
+            low.get_xattr("user.test.low")
+                .expect("get lower after rmdir"),
             Some(b"l".to_vec()),
             "{t}"
         );
@@ -565,7 +566,12 @@ fn xattrs_of_a_directory_removed_while_open() {
             low.set_xattr("user.test.k", b"v").is_err(),
             "{t}: set on a removed lower directory"
         );
-        assert_errno(t, "remove missing", low.remove_xattr("user.test.none"), libc::ENODATA);
+        assert_errno(
+            t,
+            "remove missing",
+            low.remove_xattr("user.test.none"),
+            libc::ENODATA,
+        );
         assert_eq!(names(t, &e.p("")), Vec::<String>::new(), "{t}");
     }
 }
