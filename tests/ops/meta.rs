@@ -501,13 +501,7 @@ fn xattrs_of_a_file_unlinked_while_open() {
             assert_eq!(get("user.test.k"), Some(b"v1".to_vec()), "{t}: {name}");
             f.set_xattr("user.test.k2", b"v2")
                 .unwrap_or_else(|err| panic!("{t}: {name}: set after unlink: {err}"));
-            let mut listed: Vec<String> = f
-                .list_xattr()
-                .unwrap_or_else(|err| panic!("{t}: {name}: list after unlink: {err}"))
-                .map(|n| n.to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("user.test."))
-                .collect();
-            listed.sort();
+            let listed = test_xattrs(t, name, &f);
             assert_eq!(listed, ["user.test.k", "user.test.k2"], "{t}: {name}");
             f.remove_xattr("user.test.k")
                 .unwrap_or_else(|err| panic!("{t}: {name}: remove after unlink: {err}"));
@@ -532,16 +526,6 @@ fn xattrs_of_a_directory_removed_while_open() {
         let low = std::fs::File::open(e.p("low")).expect("open low");
         std::fs::remove_dir(e.p("new")).expect("rmdir new");
         std::fs::remove_dir(e.p("low")).expect("rmdir low");
-        let listed = |f: &std::fs::File, what: &str| -> Vec<String> {
-            let mut names: Vec<String> = f
-                .list_xattr()
-                .unwrap_or_else(|err| panic!("{t}: {what}: list after rmdir: {err}"))
-                .map(|n| n.to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("user.test."))
-                .collect();
-            names.sort();
-            names
-        };
         // One from the upper: its xattrs stay readable and changeable, as on its inode.
         let get = |k: &str| {
             new.get_xattr(k)
@@ -550,7 +534,11 @@ fn xattrs_of_a_directory_removed_while_open() {
         assert_eq!(get("user.test.k"), Some(b"v1".to_vec()), "{t}");
         new.set_xattr("user.test.k2", b"v2")
             .unwrap_or_else(|err| panic!("{t}: set after rmdir: {err}"));
-        assert_eq!(listed(&new, "new"), ["user.test.k", "user.test.k2"], "{t}");
+        assert_eq!(
+            test_xattrs(t, "new", &new),
+            ["user.test.k", "user.test.k2"],
+            "{t}"
+        );
         new.remove_xattr("user.test.k")
             .unwrap_or_else(|err| panic!("{t}: remove after rmdir: {err}"));
         assert_eq!(get("user.test.k"), None, "{t}: removed");
@@ -561,7 +549,7 @@ fn xattrs_of_a_directory_removed_while_open() {
             Some(b"l".to_vec()),
             "{t}"
         );
-        assert_eq!(listed(&low, "low"), ["user.test.low"], "{t}");
+        assert_eq!(test_xattrs(t, "low", &low), ["user.test.low"], "{t}");
         assert!(
             low.set_xattr("user.test.k", b"v").is_err(),
             "{t}: set on a removed lower directory"
@@ -574,4 +562,17 @@ fn xattrs_of_a_directory_removed_while_open() {
         );
         assert_eq!(names(t, &e.p("")), Vec::<String>::new(), "{t}");
     }
+}
+
+/// The sorted `user.test.*` xattr names of the open file `f`.
+fn test_xattrs(t: Target, what: &str, f: &std::fs::File) -> Vec<String> {
+    use xattr::FileExt;
+    let mut names: Vec<String> = f
+        .list_xattr()
+        .unwrap_or_else(|err| panic!("{t}: {what}: list: {err}"))
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("user.test."))
+        .collect();
+    names.sort();
+    names
 }

@@ -752,3 +752,31 @@ fn unlink_then_recreate_lower_name() {
         );
     }
 }
+
+#[test]
+fn change_through_descriptor_of_renamed_over_lower_directory_is_refused() {
+    if !common::can_mount("change_through_descriptor_of_renamed_over_lower_directory_is_refused") {
+        return;
+    }
+    // Kernel overlayfs (6.18) is not the reference here: it copies the old directory up to
+    // its old name, over the directory renamed there, whose contents then leave the merged
+    // tree. The change has nowhere to go; unionfs refuses it and loses nothing.
+    for t in targets().into_iter().filter(|t| t.kind == Kind::Unionfs) {
+        let mut e = Env::new(t, &[&[Dir("e"), File("m/f", b"f")]], &[]);
+        let old = std::fs::File::open(e.p("e")).expect("open e");
+        std::fs::rename(e.p("m"), e.p("e")).expect("rename m over e");
+        let r = old.set_permissions(std::fs::Permissions::from_mode(0o700));
+        assert_errno(t, "fchmod of the replaced directory", r, libc::EROFS);
+        let r = xattr::FileExt::set_xattr(&old, "user.k", b"v");
+        assert_errno(t, "fsetxattr of the replaced directory", r, libc::EROFS);
+        drop(old);
+        e.remount();
+        assert_eq!(
+            names(t, &e.p("e")),
+            ["f"],
+            "{t}: the directory renamed there"
+        );
+        assert_eq!(read(t, &e.p("e/f")), b"f", "{t}");
+        assert_eq!(lstat(t, &e.p("e")).mode() & 0o7777, 0o755, "{t}: its mode");
+    }
+}
