@@ -150,7 +150,7 @@ pub const KEPT_XATTRS: usize = 64 * 1024;
 /// What is kept of a removed directory the kernel still holds (an open descriptor, a process's
 /// working directory): `fstat`, `stat(".")` and the xattr calls still answer for it, as on any
 /// file system, but nothing is left on disk to read them from.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RemovedDir {
     pub attr: fuser::FileAttr,
     /// Its xattrs when it was removed (the private ones of overlayfs and unionfs left out).
